@@ -15,8 +15,12 @@ EXIT_UNREACHABLE = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hes-diag", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"hes-diag {version('wisun-gateway')}")
-    parser.add_argument("--check-snr", metavar="GATEWAY", help="check every mesh link's SNR on GATEWAY")
+    parser.add_argument(
+        "--version", action="version", version=f"hes-diag {version('wisun-gateway')}"
+    )
+    parser.add_argument(
+        "--check-snr", metavar="GATEWAY", help="check every mesh link's SNR on GATEWAY"
+    )
     args = parser.parse_args(argv)
     if args.check_snr is None:
         parser.print_help()
