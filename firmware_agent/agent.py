@@ -1,0 +1,210 @@
+"""The agent: wires radio → mesh → collector → spool → uplink into one asyncio process.
+
+Shutdown order matters: stop reading meters first, then let the uplink flush what it can,
+then close the radio, then the spool. Anything not published stays in the spool for next time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+from dataclasses import dataclass, field
+
+from drivers import open_radio
+from drivers.transceiver import RadioError, RadioInfo, Transceiver
+from firmware_agent.clock import Clock
+from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
+from firmware_agent.collector.scheduler import Collector, MeterStatus
+from firmware_agent.config import Config, MeterConfig
+from firmware_agent.mesh.neighbours import Neighbour
+from firmware_agent.mesh.stack import MeshLinks, MeshStack
+from firmware_agent.spool import Spool
+from firmware_agent.uplink.mqtt import Uplink
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+@dataclass(frozen=True)
+class MeterView:
+    config: MeterConfig
+    status: MeterStatus
+    neighbour: Neighbour | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the agent looks like right now: for the live view, the diag API and summaries."""
+
+    gateway_id: str
+    radio: RadioInfo | None
+    uplink_connected: bool
+    uplink_error: str | None
+    published_records: int
+    spool_depth: int
+    readings_total: int
+    noise_floor_dbm: float | None
+    meters: list[MeterView] = field(default_factory=list)
+
+
+def eui64(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+class Agent:
+    """One gateway. ``run()`` until stopped; ``snapshot()`` at any time."""
+
+    def __init__(self, config: Config, clock: Clock, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.radio: Transceiver | None = None
+        self.radio_info: RadioInfo | None = None
+        self.stack: MeshStack | None = None
+        self.mesh_links: MeshLinks | None = None
+        self.spool: Spool | None = None
+        self.uplink: Uplink | None = None
+        self.collector: Collector | None = None
+        self._links: dict[str, MeterLink] = {}
+        self._stop = asyncio.Event()
+        self._final_spool_depth = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _link_for(self, meter: MeterConfig) -> MeterLink:
+        link = self._links.get(meter.id)
+        if link is None:
+            if meter.transport == "mesh":
+                assert self.mesh_links is not None
+                link = self.mesh_links.link(eui64(meter.address))
+            elif meter.transport == "udp":
+                link = UdpMeterLink(meter.address, meter.port)
+            else:
+                link = TcpMeterLink(meter.address, meter.port)
+            self._links[meter.id] = link
+        return link
+
+    async def _open_radio(self) -> tuple[Transceiver, RadioInfo]:
+        cfg = self.config.radio
+        radio = open_radio(cfg.url)
+        info = await radio.open()
+        await radio.set_channel(cfg.channel)
+        await radio.set_tx_power(cfg.tx_power_dbm)
+        await radio.enable_raw_stream(True)
+        log.info("radio %s open: %s, EUI-64 %s", cfg.url, info.ncp_version, info.hwaddr.hex(":"))
+        return radio, info
+
+    async def run(self, duration: float | None = None) -> int:
+        """Run until ``stop()``, SIGTERM/SIGINT, or ``duration`` seconds. Returns an exit code."""
+        cfg = self.config
+        try:
+            self.radio, self.radio_info = await self._open_radio()
+        except RadioError as exc:
+            log.error("cannot open radio %s: %s", cfg.radio.url, exc)
+            return EXIT_FAILURE
+        self.stack = MeshStack(
+            self.radio, self.radio_info.hwaddr, self.clock, channel=cfg.radio.channel
+        )
+        self.mesh_links = MeshLinks(self.stack)
+        self.spool = Spool(cfg.spool.path, self.clock)
+        self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.spool, self.clock)
+        self.collector = Collector(
+            cfg.meters, self._link_for, self.spool, self.clock, cfg.collector, self.rng
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        workers = {
+            asyncio.create_task(self.stack.run(), name="mesh"),
+            asyncio.create_task(
+                self.stack.noise_sampler(cfg.radio.noise_sample_interval_s), name="noise"
+            ),
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.collector.run(), name="collector"),
+        }
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        code = EXIT_OK
+        try:
+            done, _ = await asyncio.wait(
+                workers | {stopper}, timeout=duration, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done - {stopper}:
+                exc = task.exception()
+                log.error("%s stopped unexpectedly: %r", task.get_name(), exc)
+                code = EXIT_FAILURE
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            stopper.cancel()
+            await self._shutdown(workers)
+        return code
+
+    async def _shutdown(self, workers: set[asyncio.Task[None]]) -> None:
+        log.info("shutting down")
+        order = ["collector", "noise", "mesh"]
+        for name in order:
+            for task in workers:
+                if task.get_name() == name:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        if self.uplink is not None:
+            await self.uplink.stop(flush_timeout=5.0)
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for link in self._links.values():
+            with contextlib.suppress(Exception):
+                await link.close()
+        if self.radio is not None:
+            with contextlib.suppress(RadioError):
+                await self.radio.close()
+        if self.spool is not None:
+            depth = self._final_spool_depth = self.spool.depth()
+            self.spool.close()
+            self.spool = None
+            log.info("spool closed with %d records kept for the next start", depth)
+
+    def snapshot(self) -> Snapshot:
+        meters: list[MeterView] = []
+        if self.collector is not None:
+            for m in self.config.meters:
+                nb = (
+                    self.stack.neighbours.get(eui64(m.address))
+                    if self.stack and m.transport == "mesh"
+                    else None
+                )
+                meters.append(MeterView(m, self.collector.status[m.id], nb))
+        stats = self.uplink.stats if self.uplink is not None else None
+        return Snapshot(
+            gateway_id=self.config.gateway.id,
+            radio=self.radio_info,
+            uplink_connected=bool(stats and stats.connected),
+            uplink_error=stats.last_error if stats else None,
+            published_records=stats.published_records if stats else 0,
+            spool_depth=self.spool.depth() if self.spool is not None else self._final_spool_depth,
+            readings_total=self.collector.readings_total if self.collector else 0,
+            noise_floor_dbm=self.stack.neighbours.noise_floor(self.config.radio.channel)
+            if self.stack
+            else None,
+            meters=meters,
+        )
+
+
+async def run_agent(
+    config: Config, *, clock: Clock, live: bool = False, duration: float | None = None
+) -> int:
+    """The ``firmware-agent run`` entry: run one agent, optionally with the live view."""
+    agent = Agent(config, clock)
+    if not live:
+        return await agent.run(duration)
+    from firmware_agent.view import LiveView
+
+    async with LiveView(agent, clock):
+        return await agent.run(duration)
