@@ -1,0 +1,589 @@
+"""A virtual RCP: the Spinel server side of a radio co-processor, on the simulated RF medium.
+
+:class:`VirtualRcp` is sans-IO: bytes from the host go in through :meth:`VirtualRcp.feed`, HDLC
+frames for the host come out of :meth:`VirtualRcp.take_output` (an output listener is told when
+frames heard on the air produce output between feeds). It answers like OpenThread's RCP does —
+the same properties, the same STREAM_RAW layouts, the same reset notification — so any host that
+follows the Spinel draft, our driver included, can drive it. :func:`serve_pty` is the thin I/O
+edge that serves it on a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import struct
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drivers.hdlc import HdlcDecoder, HdlcError, hdlc_encode
+from drivers.spinel import (
+    Cap,
+    Cmd,
+    InterfaceType,
+    Prop,
+    RawRxFrame,
+    ScanState,
+    SpinelError,
+    SpinelFrame,
+    Status,
+    TxDone,
+    Value,
+    decode_frame,
+    decode_tx_request,
+    encode,
+    encode_rx_frame,
+    encode_tx_done,
+    pack,
+    pack_uint,
+    unpack,
+)
+from firmware_agent.clock import Clock
+from firmware_agent.mesh.frames import fcs16 as fcs154
+from hil.medium import Medium
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = (4, 3)
+DEFAULT_NCP_VERSION = "wisun-gw-virtual-rcp/0.1; SIM; spinel-4.3"
+#: Wi-SUN FAN FCC plan 1 (902.2 MHz + 200 kHz × n): 129 channels.
+DEFAULT_CHANNELS = tuple(range(129))
+MAX_PSDU = 2047
+OUTPUT_LIMIT = 1 << 20  # bytes held for a host that is not reading; older output is dropped
+FCS_LEN = 2
+
+
+# --- just enough 802.15.4 to filter and ack ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MacHeader:
+    """The addressing part of an 802.15.4 MAC header. Addresses are as on the air (LSB first)."""
+
+    frame_type: int
+    version: int
+    ack_request: bool
+    seq: int | None
+    dst_pan: int | None
+    dst: bytes | None
+    src: bytes | None
+
+
+def _pan_presence(version: int, dmode: int, smode: int, compress: bool) -> tuple[bool, bool]:
+    """(dst PAN present, src PAN present) per 802.15.4-2006 §7.2.1.5 / -2015 table 7-2."""
+    if version < 2:
+        return dmode != 0, smode != 0 and (not compress or dmode == 0)
+    if dmode and smode:
+        if dmode == 3 and smode == 3:
+            return not compress, False
+        return True, not compress
+    if dmode:
+        return not compress, False
+    if smode:
+        return False, not compress
+    return compress, False
+
+
+def parse_mac_header(mpdu: bytes) -> MacHeader | None:
+    """Parse frame control, sequence number and addresses; None if the header is truncated or
+    uses a reserved addressing mode."""
+    if len(mpdu) < 2:
+        return None
+    fc = mpdu[0] | mpdu[1] << 8
+    version = (fc >> 12) & 3
+    dmode, smode = (fc >> 10) & 3, (fc >> 14) & 3
+    if dmode == 1 or smode == 1:
+        return None
+    pos = 2
+    seq: int | None = None
+    if not (version == 2 and fc & 0x100):
+        if len(mpdu) < 3:
+            return None
+        seq = mpdu[2]
+        pos = 3
+    dpan_present, span_present = _pan_presence(version, dmode, smode, bool(fc & 0x40))
+    sizes = {0: 0, 2: 2, 3: 8}
+    need = pos + 2 * dpan_present + sizes[dmode] + 2 * span_present + sizes[smode]
+    if len(mpdu) < need:
+        return None
+    dst_pan = None
+    if dpan_present:
+        dst_pan = mpdu[pos] | mpdu[pos + 1] << 8
+        pos += 2
+    dst = mpdu[pos : pos + sizes[dmode]] if dmode else None
+    pos += sizes[dmode] + 2 * span_present
+    src = mpdu[pos : pos + sizes[smode]] if smode else None
+    return MacHeader(fc & 7, version, bool(fc & 0x20), seq, dst_pan, dst, src)
+
+
+BROADCAST_SHORT = b"\xff\xff"
+
+Acker = Callable[[bytes, bytes], "bytes | None"]
+"""(received PSDU, our extended address in EUI-64 order) → ack PSDU to send, or None."""
+
+
+def default_acker(psdu: bytes, ext_addr: bytes) -> bytes | None:
+    """Ack a frame with AR set whose destination is our extended address: an Imm-Ack for frame
+    versions 0/1, an Enh-Ack (version 2, addressed back to the sender, no IEs) for version 2."""
+    header = parse_mac_header(psdu[:-FCS_LEN])
+    if header is None or not header.ack_request or header.dst != ext_addr[::-1]:
+        return None
+    if header.version < 2:
+        if header.seq is None:
+            return None
+        mpdu = bytes((0x02, 0x00, header.seq))
+    else:
+        fc = 0x0002 | 0x2000
+        body = b""
+        if header.seq is None:
+            fc |= 0x0100
+        else:
+            body += bytes((header.seq,))
+        if header.src is not None:
+            fc |= (3 if len(header.src) == 8 else 2) << 10
+            if len(header.src) == 8:
+                fc |= 0x0040  # PAN ID compression: no PAN ID for an extended-only destination
+            else:
+                body += struct.pack("<H", header.dst_pan if header.dst_pan is not None else 0xFFFF)
+            body += header.src
+        mpdu = struct.pack("<H", fc) + body
+    return mpdu + struct.pack("<H", fcs154(mpdu))
+
+
+# --- the RCP -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RcpCounters:
+    hdlc_errors: int = 0
+    spinel_errors: int = 0
+    unknown_props: int = 0
+    frames_tx: int = 0
+    frames_to_host: int = 0
+    frames_not_streamed: int = 0
+    frames_filtered: int = 0
+    acks_sent: int = 0
+    output_dropped_bytes: int = 0
+    resets: int = 0
+
+
+class VirtualRcp:
+    """An emulated RCP board on a :class:`Medium` (it is a ``RadioNode`` there)."""
+
+    def __init__(
+        self,
+        medium: Medium,
+        rng: random.Random,
+        clock: Clock,
+        *,
+        eui64: bytes,
+        position: tuple[float, float] = (0.0, 0.0),
+        channel: int = 0,
+        tx_power_dbm: int = 14,
+        channels: tuple[int, ...] = DEFAULT_CHANNELS,
+        ncp_version: str = DEFAULT_NCP_VERSION,
+        rssi_jitter_db: float = 1.0,
+        acker: Acker = default_acker,
+    ) -> None:
+        if len(eui64) != 8:
+            raise ValueError(f"EUI-64 must be 8 bytes, got {eui64.hex()}")
+        if channel not in channels:
+            raise ValueError(f"channel {channel} is not among the supported channels")
+        self.eui64 = eui64
+        self.medium = medium
+        self.rng = rng
+        self.clock = clock
+        self.ncp_version = ncp_version
+        self.channels = channels
+        self.rssi_jitter_db = rssi_jitter_db
+        self.acker = acker
+        self.counters = RcpCounters()
+        self._boot_channel = channel
+        self._boot_tx_power = tx_power_dbm
+        self._decoder = HdlcDecoder()
+        self._out = bytearray()
+        self._listener: Callable[[], None] | None = None
+        self._apply_boot_state()
+        medium.attach(self, position, tx_power_dbm, channel)
+
+    def _apply_boot_state(self) -> None:
+        self.phy_enabled = False
+        self.raw_stream = False
+        self.promiscuous = 0
+        self.channel = self._boot_channel
+        self.tx_power_dbm = self._boot_tx_power
+        self.laddr = self.eui64
+        self.scan_mask: list[int] = []
+        self.scan_period_ms = 0
+
+    # --- host side: bytes in, bytes out --------------------------------------------------------
+
+    def set_output_listener(self, listener: Callable[[], None] | None) -> None:
+        """Called whenever output is queued (the edge then drains :meth:`take_output`)."""
+        self._listener = listener
+
+    def take_output(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the host. Malformed input is counted and logged, never raised."""
+        for item in self._decoder.feed(data):
+            if isinstance(item, HdlcError):
+                self.counters.hdlc_errors += 1
+                log.warning("virtual RCP: %s: %s", item, item.data.hex())
+                continue
+            try:
+                frame = decode_frame(item)
+            except SpinelError as exc:
+                self.counters.spinel_errors += 1
+                log.warning("virtual RCP: bad Spinel frame %s: %s", item.hex(), exc)
+                continue
+            self._handle(frame)
+
+    def inject_to_host(self, raw: bytes) -> None:
+        """Put raw bytes on the line to the host (line noise, fault injection)."""
+        self._emit_raw(raw)
+
+    def reboot(self, reason: Status = Status.RESET_POWER_ON) -> None:
+        """Reset as a board does: settings back to boot values, then the reset notification."""
+        self.counters.resets += 1
+        self._apply_boot_state()
+        self.medium.set_channel(self, self.channel)
+        self.medium.set_tx_power(self, self.tx_power_dbm)
+        self._send(0, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, pack_uint(reason))
+
+    def _emit_raw(self, raw: bytes) -> None:
+        self._out += raw
+        if len(self._out) > OUTPUT_LIMIT:
+            excess = len(self._out) - OUTPUT_LIMIT
+            del self._out[:excess]
+            self.counters.output_dropped_bytes += excess
+        if self._listener is not None:
+            self._listener()
+
+    def _send(self, tid: int, command: int, prop: int | None, payload: bytes = b"") -> None:
+        self._emit_raw(hdlc_encode(encode(tid, command, prop, payload)))
+
+    def _status(self, tid: int, status: int) -> None:
+        self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, pack_uint(status))
+
+    def _handle(self, frame: SpinelFrame) -> None:
+        tid = frame.tid
+        if frame.command == Cmd.RESET:
+            self.reboot(Status.RESET_SOFTWARE)
+        elif frame.command == Cmd.NOOP:
+            self._status(tid, Status.OK)
+        elif frame.command == Cmd.PROP_VALUE_GET:
+            assert frame.prop is not None
+            self._get(tid, frame.prop)
+        elif frame.command == Cmd.PROP_VALUE_SET:
+            assert frame.prop is not None
+            self._set(tid, frame.prop, frame.payload)
+        elif frame.command in (Cmd.PROP_VALUE_INSERT, Cmd.PROP_VALUE_REMOVE):
+            known = frame.prop in self._formats()
+            self._status(tid, Status.INVALID_COMMAND_FOR_PROP if known else Status.PROP_NOT_FOUND)
+        else:
+            self._status(tid, Status.INVALID_COMMAND)
+
+    # --- properties ----------------------------------------------------------------------------
+
+    def _formats(self) -> dict[int, str]:
+        return {
+            Prop.LAST_STATUS: "i",
+            Prop.PROTOCOL_VERSION: "ii",
+            Prop.NCP_VERSION: "U",
+            Prop.INTERFACE_TYPE: "i",
+            Prop.CAPS: "A(i)",
+            Prop.HWADDR: "E",
+            Prop.PHY_ENABLED: "b",
+            Prop.PHY_CHAN: "C",
+            Prop.PHY_CHAN_SUPPORTED: "A(C)",
+            Prop.PHY_TX_POWER: "c",
+            Prop.PHY_RSSI: "c",
+            Prop.MAC_RAW_STREAM_ENABLED: "b",
+            Prop.MAC_15_4_LADDR: "E",
+            Prop.MAC_PROMISCUOUS_MODE: "C",
+            Prop.MAC_SCAN_STATE: "C",
+            Prop.MAC_SCAN_MASK: "A(C)",
+            Prop.MAC_SCAN_PERIOD: "S",
+        }
+
+    def _value(self, prop: int) -> tuple[Value, ...]:
+        if prop == Prop.LAST_STATUS:
+            return (Status.OK,)
+        if prop == Prop.PROTOCOL_VERSION:
+            return PROTOCOL_VERSION
+        if prop == Prop.NCP_VERSION:
+            return (self.ncp_version,)
+        if prop == Prop.INTERFACE_TYPE:
+            return (InterfaceType.THREAD,)
+        if prop == Prop.CAPS:
+            return ([int(Cap.CONFIG_RADIO), int(Cap.MAC_RAW)],)
+        if prop == Prop.HWADDR:
+            return (self.eui64,)
+        if prop == Prop.PHY_ENABLED:
+            return (self.phy_enabled,)
+        if prop == Prop.PHY_CHAN:
+            return (self.channel,)
+        if prop == Prop.PHY_CHAN_SUPPORTED:
+            return (list(self.channels),)
+        if prop == Prop.PHY_TX_POWER:
+            return (self.tx_power_dbm,)
+        if prop == Prop.PHY_RSSI:
+            return (self.sample_rssi(self.channel),)
+        if prop == Prop.MAC_RAW_STREAM_ENABLED:
+            return (self.raw_stream,)
+        if prop == Prop.MAC_15_4_LADDR:
+            return (self.laddr,)
+        if prop == Prop.MAC_PROMISCUOUS_MODE:
+            return (self.promiscuous,)
+        if prop == Prop.MAC_SCAN_STATE:
+            return (ScanState.IDLE,)
+        if prop == Prop.MAC_SCAN_MASK:
+            return (list(self.scan_mask),)
+        if prop == Prop.MAC_SCAN_PERIOD:
+            return (self.scan_period_ms,)
+        raise KeyError(prop)  # pragma: no cover - _formats() guards
+
+    def _get(self, tid: int, prop: int) -> None:
+        fmt = self._formats().get(prop)
+        if fmt is None:
+            self.counters.unknown_props += 1
+            self._status(tid, Status.PROP_NOT_FOUND)
+            return
+        self._send(tid, Cmd.PROP_VALUE_IS, prop, pack(fmt, *self._value(prop)))
+
+    def _set(self, tid: int, prop: int, payload: bytes) -> None:
+        if prop == Prop.STREAM_RAW:
+            self._transmit(tid, payload)
+            return
+        fmt = self._formats().get(prop)
+        if fmt is None:
+            self.counters.unknown_props += 1
+            self._status(tid, Status.PROP_NOT_FOUND)
+            return
+        try:
+            values = unpack(fmt, payload)
+        except SpinelError as exc:
+            self.counters.spinel_errors += 1
+            log.warning("virtual RCP: SET %s: %s", Prop(prop).name, exc)
+            self._status(tid, Status.PARSE_ERROR)
+            return
+        status = self._apply(prop, values)
+        if status != Status.OK:
+            self._status(tid, status)
+            return
+        if prop == Prop.MAC_SCAN_STATE and values[0] == ScanState.ENERGY:
+            self._send(tid, Cmd.PROP_VALUE_IS, prop, pack("C", ScanState.ENERGY))
+            self._energy_scan()
+            return
+        self._send(tid, Cmd.PROP_VALUE_IS, prop, pack(fmt, *self._value(prop)))
+
+    def _apply(self, prop: int, values: tuple[Value, ...]) -> Status:
+        value = values[0]
+        if prop == Prop.PHY_ENABLED:
+            self.phy_enabled = bool(value)
+        elif prop == Prop.PHY_CHAN:
+            if value not in self.channels:
+                return Status.INVALID_ARGUMENT
+            self.channel = _as_int(value)
+            self.medium.set_channel(self, self.channel)
+        elif prop == Prop.PHY_TX_POWER:
+            self.tx_power_dbm = _as_int(value)
+            self.medium.set_tx_power(self, self.tx_power_dbm)
+        elif prop == Prop.MAC_RAW_STREAM_ENABLED:
+            self.raw_stream = bool(value)
+        elif prop == Prop.MAC_15_4_LADDR:
+            assert isinstance(value, bytes)
+            self.laddr = value
+        elif prop == Prop.MAC_PROMISCUOUS_MODE:
+            if value not in (0, 1, 2):
+                return Status.INVALID_ARGUMENT
+            self.promiscuous = _as_int(value)
+        elif prop == Prop.MAC_SCAN_MASK:
+            assert isinstance(value, list)
+            if any(ch not in self.channels for ch in value):
+                return Status.INVALID_ARGUMENT
+            self.scan_mask = [_as_int(ch) for ch in value]
+        elif prop == Prop.MAC_SCAN_PERIOD:
+            self.scan_period_ms = _as_int(value)
+        elif prop == Prop.MAC_SCAN_STATE:
+            if value not in (ScanState.IDLE, ScanState.ENERGY):
+                return Status.UNIMPLEMENTED  # beacon scans are the host MAC's job
+            if value == ScanState.ENERGY and not self.scan_mask:
+                return Status.INVALID_STATE
+        else:
+            return Status.INVALID_COMMAND_FOR_PROP  # read-only
+        return Status.OK
+
+    # --- radio ---------------------------------------------------------------------------------
+
+    def sample_rssi(self, channel: int) -> int:
+        """Instantaneous energy on a channel: the medium's noise floor here, plus jitter."""
+        position = self.medium.position(self)
+        level = self.medium.channel_energy_dbm(position, channel)
+        return max(-128, min(127, round(level + self.rng.gauss(0.0, self.rssi_jitter_db))))
+
+    def _energy_scan(self) -> None:
+        samples = max(1, min(16, self.scan_period_ms // 16))
+        for channel in self.scan_mask:
+            peak = max(self.sample_rssi(channel) for _ in range(samples))
+            self._send(0, Cmd.PROP_VALUE_IS, Prop.MAC_ENERGY_SCAN_RESULT, pack("Cc", channel, peak))
+        self._send(0, Cmd.PROP_VALUE_IS, Prop.MAC_SCAN_STATE, pack("C", ScanState.IDLE))
+
+    def _timestamp_us(self) -> int:
+        return int(self.clock.monotonic() * 1_000_000)
+
+    def _noise_floor(self, channel: int) -> int:
+        return round(self.medium.noise_floor_dbm(self.medium.position(self), channel))
+
+    def _transmit(self, tid: int, payload: bytes) -> None:
+        if not self.phy_enabled:
+            self._status(tid, Status.INVALID_STATE)
+            return
+        try:
+            request = decode_tx_request(payload)
+        except SpinelError as exc:
+            self.counters.spinel_errors += 1
+            log.warning("virtual RCP: bad STREAM_RAW transmit request: %s", exc)
+            self._status(tid, Status.PARSE_ERROR)
+            return
+        if not FCS_LEN < len(request.psdu) <= MAX_PSDU or request.channel not in self.channels:
+            self._status(tid, Status.INVALID_ARGUMENT)
+            return
+        mpdu = request.psdu[:-FCS_LEN]
+        on_air = mpdu + struct.pack("<H", fcs154(mpdu))
+        self.counters.frames_tx += 1
+        outcome = self.medium.transmit_detailed(self, on_air, request.channel)
+        if not mpdu[0] & 0x20:  # no ack requested
+            self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(TxDone(Status.OK)))
+            return
+        if outcome.ack_psdu is None:
+            done = TxDone(Status.NO_ACK)
+        else:
+            ack = RawRxFrame(
+                psdu=outcome.ack_psdu,
+                rssi_dbm=outcome.ack_rssi_dbm,
+                noise_floor_dbm=self._noise_floor(request.channel),
+                channel=request.channel,
+                lqi=outcome.ack_lqi,
+                timestamp_us=self._timestamp_us(),
+            )
+            pending = bool(outcome.ack_psdu[0] & 0x10)
+            done = TxDone(Status.OK, frame_pending=pending, ack=ack)
+        self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(done))
+
+    def _accepts(self, psdu: bytes) -> bool:
+        if self.promiscuous:
+            return True
+        header = parse_mac_header(psdu[:-FCS_LEN])
+        if header is None:
+            return False
+        return header.dst is None or header.dst in (BROADCAST_SHORT, self.laddr[::-1])
+
+    def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
+        """The medium delivers a frame: ack it if it is ours, and stream it to the host."""
+        if not self.phy_enabled or channel != self.channel:
+            return None
+        if not self._accepts(psdu):
+            self.counters.frames_filtered += 1
+            return None
+        ack = self.acker(psdu, self.laddr)
+        if ack is not None:
+            self.counters.acks_sent += 1
+        if self.raw_stream:
+            frame = RawRxFrame(
+                psdu=psdu,
+                rssi_dbm=rssi_dbm,
+                noise_floor_dbm=self._noise_floor(channel),
+                flags=0,
+                channel=channel,
+                lqi=lqi,
+                timestamp_us=self._timestamp_us(),
+            )
+            self.counters.frames_to_host += 1
+            self._send(0, Cmd.PROP_VALUE_IS, Prop.STREAM_RAW, encode_rx_frame(frame))
+        else:
+            self.counters.frames_not_streamed += 1
+        return ack
+
+
+def _as_int(value: Value) -> int:
+    if isinstance(value, int):
+        return int(value)
+    raise TypeError(f"expected an integer, got {value!r}")
+
+
+# --- I/O edge: serve on a PTY --------------------------------------------------------------------
+
+
+async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
+    """Serve ``rcp`` on a new PTY (raw mode) until cancelled; ``on_ready`` gets the slave path.
+
+    We keep the slave end open ourselves so hosts can close and reopen the port without the
+    master seeing a hang-up, as with a real board's USB-serial port."""
+    loop = asyncio.get_running_loop()
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    path = os.ttyname(slave)
+    pending = bytearray()
+    writing = False
+
+    def flush() -> None:
+        nonlocal writing
+        while pending:
+            try:
+                written = os.write(master, pending)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                log.warning("virtual RCP: write to %s failed: %s", path, exc)
+                pending.clear()
+                break
+            del pending[:written]
+        if pending and not writing:
+            loop.add_writer(master, flush)
+            writing = True
+        elif not pending and writing:
+            loop.remove_writer(master)
+            writing = False
+
+    def on_output() -> None:
+        pending.extend(rcp.take_output())
+        if len(pending) > OUTPUT_LIMIT:
+            excess = len(pending) - OUTPUT_LIMIT
+            del pending[:excess]
+            rcp.counters.output_dropped_bytes += excess
+        flush()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(master, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("virtual RCP: read from %s failed: %s", path, exc)
+            return
+        rcp.feed(data)
+
+    rcp.set_output_listener(on_output)
+    loop.add_reader(master, on_readable)
+    try:
+        on_output()  # anything queued before we were serving
+        on_ready(path)
+        await asyncio.Future()
+    finally:
+        loop.remove_reader(master)
+        if writing:
+            loop.remove_writer(master)
+        rcp.set_output_listener(None)
+        for fd in (master, slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
