@@ -1,0 +1,254 @@
+"""MQTT topics and JSON payloads between gateway and head end (sans-IO: bytes in, objects out).
+
+Why batches: one MQTT message carries many spool records, so one PUBACK acknowledges them all and
+per-message overhead (TLS record, PUBACK round trip, fsync of the delete) is shared. Each record
+keeps its own ``record_id`` and ``natural_key`` so the head end can drop the duplicates that
+at-least-once delivery produces. The documented contract is docs/mqtt.md and docs/schemas/.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from firmware_agent.spool import RESERVED_FIELDS, Priority, SpoolRecord
+
+READINGS_SCHEMA = "readings/1"
+STATUS_SCHEMA = "status/1"
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+STATUS_ONLINE = "online"
+STATUS_OFFLINE = "offline"
+PRIORITY_NAMES = {Priority.ALARM: "alarm", Priority.ON_DEMAND: "on_demand",
+                  Priority.INTERVAL: "interval"}
+_PRIORITY_BY_NAME = {v: k for k, v in PRIORITY_NAMES.items()}
+
+
+class PayloadError(ValueError):
+    """A payload or topic that does not follow the contract; names the field that is wrong."""
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}")
+
+
+class MessageTooLarge(PayloadError):
+    """The encoded batch exceeds the per-message cap; the caller sends fewer records."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__("payload", f"{size} bytes > limit {limit}")
+
+
+# -- topics -----------------------------------------------------------------------------------
+def check_topic_level(what: str, value: str) -> None:
+    if not value or any(c in value for c in "/+#\0"):
+        raise PayloadError(what, f"{value!r} is not usable as one MQTT topic level")
+
+
+def readings_topic(prefix: str, gateway_id: str) -> str:
+    check_topic_level("gateway_id", gateway_id)
+    return f"{prefix}/{gateway_id}/readings"
+
+
+def status_topic(prefix: str, gateway_id: str) -> str:
+    check_topic_level("gateway_id", gateway_id)
+    return f"{prefix}/{gateway_id}/status"
+
+
+def readings_filter(prefix: str) -> str:
+    return f"{prefix}/+/readings"
+
+
+def status_filter(prefix: str) -> str:
+    return f"{prefix}/+/status"
+
+
+def parse_topic(topic: str) -> tuple[str, str, str]:
+    """``prefix/gateway/kind`` → its three parts (the prefix may itself contain slashes)."""
+    parts = topic.rsplit("/", 2)
+    if len(parts) != 3 or not all(parts):
+        raise PayloadError("topic", f"{topic!r} is not <prefix>/<gateway_id>/<kind>")
+    return parts[0], parts[1], parts[2]
+
+
+# -- time -------------------------------------------------------------------------------------
+def iso_utc(t: float) -> str:
+    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. 2023-11-14T22:13:20.000Z."""
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_iso_utc(where: str, value: object) -> float:
+    if not isinstance(value, str):
+        raise PayloadError(where, "expected an RFC 3339 UTC timestamp string")
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise PayloadError(where, f"{value!r} is not an RFC 3339 timestamp") from e
+    if t.tzinfo is None:
+        raise PayloadError(where, f"{value!r} has no time zone")
+    return t.timestamp()
+
+
+# -- readings ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReadingsMessage:
+    message_id: str
+    gateway_id: str
+    sent_at: str
+    records: tuple[dict[str, Any], ...]  # each with record_id, natural_key, priority, spooled_at
+
+
+def record_entry(rec: SpoolRecord) -> dict[str, Any]:
+    return {
+        "record_id": rec.record_id,
+        "natural_key": rec.natural_key,
+        "priority": PRIORITY_NAMES[rec.priority],
+        "spooled_at": iso_utc(rec.created_at),
+        **rec.data,
+    }
+
+
+def encode_readings(
+    gateway_id: str,
+    records: Sequence[SpoolRecord],
+    *,
+    message_id: str,
+    sent_at: float,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> bytes:
+    """One readings message; raises ``MessageTooLarge`` beyond ``max_bytes``."""
+    check_topic_level("gateway_id", gateway_id)
+    if not records:
+        raise PayloadError("records", "a readings message carries at least one record")
+    doc = {
+        "schema": READINGS_SCHEMA,
+        "message_id": message_id,
+        "gateway_id": gateway_id,
+        "sent_at": iso_utc(sent_at),
+        "records": [record_entry(r) for r in records],
+    }
+    data = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    if len(data) > max_bytes:
+        raise MessageTooLarge(len(data), max_bytes)
+    return data
+
+
+def envelope_overhead(gateway_id: str, n_records: int) -> int:
+    """Bytes a batch of ``n_records`` adds around the record bodies (an upper bound): lets the
+    uplink ask the spool for a batch that will fit."""
+    fixed = 160 + len(gateway_id)
+    per_record = 190  # ids, natural-key quoting, priority, spooled_at, separators
+    return fixed + per_record * n_records
+
+
+def _load_object(payload: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PayloadError("payload", f"not JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise PayloadError("payload", "must be a JSON object")
+    return doc
+
+
+def _str_field(doc: dict[str, Any], key: str, where: str = "") -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{where}{key}", "missing or not a non-empty string")
+    return value
+
+
+def decode_readings(payload: bytes, *, max_bytes: int | None = None) -> ReadingsMessage:
+    """Check a readings message against the contract; raise ``PayloadError`` naming the field."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise MessageTooLarge(len(payload), max_bytes)
+    doc = _load_object(payload)
+    if doc.get("schema") != READINGS_SCHEMA:
+        raise PayloadError("schema", f"{doc.get('schema')!r}, expected {READINGS_SCHEMA!r}")
+    message_id = _str_field(doc, "message_id")
+    gateway_id = _str_field(doc, "gateway_id")
+    sent_at = _str_field(doc, "sent_at")
+    parse_iso_utc("sent_at", sent_at)
+    records = doc.get("records")
+    if not isinstance(records, list) or not records:
+        raise PayloadError("records", "missing or not a non-empty array")
+    out: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        where = f"records[{i}]."
+        if not isinstance(rec, dict):
+            raise PayloadError(f"records[{i}]", "must be an object")
+        for key in ("record_id", "natural_key"):
+            _str_field(rec, key, where)
+        if rec.get("priority") not in _PRIORITY_BY_NAME:
+            raise PayloadError(
+                f"{where}priority",
+                f"{rec.get('priority')!r}, expected one of {sorted(_PRIORITY_BY_NAME)}",
+            )
+        parse_iso_utc(f"{where}spooled_at", rec.get("spooled_at"))
+        out.append(rec)
+    return ReadingsMessage(message_id, gateway_id, sent_at, tuple(out))
+
+
+def priority_from_name(name: str) -> Priority:
+    try:
+        return _PRIORITY_BY_NAME[name]
+    except KeyError:
+        raise PayloadError("priority", f"{name!r}, expected one of {sorted(_PRIORITY_BY_NAME)}") \
+            from None
+
+
+# -- status (birth / last will) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class StatusMessage:
+    gateway_id: str
+    state: str  # "online" | "offline"
+    sent_at: str
+    reason: str
+
+
+def encode_status(gateway_id: str, state: str, *, sent_at: float, reason: str = "") -> bytes:
+    """A retained status message. For the last will, ``sent_at`` is when the will was
+    registered (connect time): the broker publishes it later, unchanged."""
+    check_topic_level("gateway_id", gateway_id)
+    if state not in (STATUS_ONLINE, STATUS_OFFLINE):
+        raise PayloadError("state", f"{state!r}, expected 'online' or 'offline'")
+    doc = {"schema": STATUS_SCHEMA, "gateway_id": gateway_id, "state": state,
+           "sent_at": iso_utc(sent_at), "reason": reason}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_status(payload: bytes) -> StatusMessage:
+    doc = _load_object(payload)
+    if doc.get("schema") != STATUS_SCHEMA:
+        raise PayloadError("schema", f"{doc.get('schema')!r}, expected {STATUS_SCHEMA!r}")
+    gateway_id = _str_field(doc, "gateway_id")
+    state = _str_field(doc, "state")
+    if state not in (STATUS_ONLINE, STATUS_OFFLINE):
+        raise PayloadError("state", f"{state!r}, expected 'online' or 'offline'")
+    sent_at = _str_field(doc, "sent_at")
+    parse_iso_utc("sent_at", sent_at)
+    reason = doc.get("reason", "")
+    if not isinstance(reason, str):
+        raise PayloadError("reason", "must be a string")
+    return StatusMessage(gateway_id, state, sent_at, reason)
+
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "RESERVED_FIELDS",
+    "MessageTooLarge",
+    "PayloadError",
+    "ReadingsMessage",
+    "StatusMessage",
+    "decode_readings",
+    "decode_status",
+    "encode_readings",
+    "encode_status",
+    "readings_topic",
+    "status_topic",
+]

@@ -1,0 +1,255 @@
+"""A minimal head end: subscribes to every gateway's readings and status over mTLS and keeps what
+it receives, so end-to-end tests can assert on what really arrived at the far side of the broker.
+
+Why a separate store class: the head-end simulator grows a readings API (seed 002 document) on top
+of the same storage; the MQTT side only feeds ``ReadingStore``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from firmware_agent.uplink import payloads
+from hil.pki import CertPair, Pki
+
+log = logging.getLogger("hil.headend")
+
+
+class HeadEndError(Exception):
+    """The head end could not connect or subscribe, or a wait timed out."""
+
+
+@dataclass(frozen=True)
+class InvalidMessage:
+    topic: str
+    error: str
+    payload: bytes
+
+
+@dataclass
+class ReadingStore:
+    """Received readings, de-duplicated by natural key, plus gateway status and rejects.
+
+    Thread-safe: paho's network thread writes, tests read."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[payloads.ReadingsMessage] = field(default_factory=list)
+    duplicates: int = 0
+    status: dict[str, payloads.StatusMessage] = field(default_factory=dict)
+    status_history: list[payloads.StatusMessage] = field(default_factory=list)
+    invalid: list[InvalidMessage] = field(default_factory=list)
+    _keys: set[str] = field(default_factory=set, repr=False, compare=False)
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False,
+                                       compare=False)
+
+    def add_readings(self, msg: payloads.ReadingsMessage) -> int:
+        """Keep a message's new records; returns how many were new."""
+        with self._cond:
+            self.messages.append(msg)
+            new = 0
+            for rec in msg.records:
+                key = rec["natural_key"]
+                if key in self._keys:
+                    self.duplicates += 1
+                    continue
+                self._keys.add(key)
+                self.records.append({**rec, "message_id": msg.message_id,
+                                     "gateway_id": msg.gateway_id})
+                new += 1
+            self._cond.notify_all()
+            return new
+
+    def add_status(self, msg: payloads.StatusMessage) -> None:
+        with self._cond:
+            self.status[msg.gateway_id] = msg
+            self.status_history.append(msg)
+            self._cond.notify_all()
+
+    def add_invalid(self, item: InvalidMessage) -> None:
+        with self._cond:
+            self.invalid.append(item)
+            self._cond.notify_all()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self.records)
+
+    def wait_for(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.records) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HeadEndError(
+                        f"head end has {len(self.records)} of {n} records after {timeout} s "
+                        f"({self.duplicates} duplicates, {len(self.invalid)} invalid messages)")
+                self._cond.wait(remaining)
+            return list(self.records)
+
+    def wait_for_status(
+        self, gateway_id: str, state: str, timeout: float
+    ) -> payloads.StatusMessage:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                st = self.status.get(gateway_id)
+                if st is not None and st.state == state:
+                    return st
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise HeadEndError(f"{gateway_id} not {state!r} after {timeout} s "
+                                       f"(last: {st.state if st else 'none'})")
+                self._cond.wait(remaining)
+
+
+def _client_context(ca_file: str, pair: CertPair) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cafile=ca_file)
+    ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    return ctx
+
+
+class HeadEnd:
+    """``with HeadEnd(host, port, pki) as he: ... he.wait_for_records(n, timeout)``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        pki: Pki,
+        *,
+        topic_prefix: str = "ami",
+        client_id: str = "headend",
+        store: ReadingStore | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.pki = pki
+        self.topic_prefix = topic_prefix
+        self.client_id = client_id
+        self.store = store or ReadingStore()
+        self.timeout = timeout
+        self._client: paho.Client | None = None
+        self._subscribed = threading.Event()
+        self._error = ""
+        self.disconnects = 0
+
+    def start(self) -> HeadEnd:
+        if self._client is not None:
+            raise HeadEndError("head end already started")
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=paho.MQTTv5)
+        client.tls_set_context(_client_context(str(self.pki.ca_cert), self.pki.headend))
+        # Come back quickly after a broker restart (tests restart the broker on purpose).
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        try:
+            client.connect(self.host, self.port, keepalive=30, clean_start=True)
+        except (OSError, ssl.SSLError) as e:
+            raise HeadEndError(f"head end cannot connect to {self.host}:{self.port}: {e}") from e
+        self._client = client
+        client.loop_start()
+        if not self._subscribed.wait(self.timeout):
+            self.stop()
+            raise HeadEndError(f"head end not subscribed after {self.timeout} s {self._error}")
+        return self
+
+    def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+
+    def __enter__(self) -> HeadEnd:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- paho thread ----------------------------------------------------------------------------
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode,
+                    _p: Properties | None) -> None:
+        if rc.is_failure:
+            self._error = f"CONNACK {rc}"
+            return
+        # Re-subscribe on every (re)connect: the session is clean.
+        client.subscribe([(payloads.readings_filter(self.topic_prefix), 1),
+                          (payloads.status_filter(self.topic_prefix), 1)])
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._subscribed.clear()
+        self.disconnects += 1
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode],
+                      _p: Properties | None) -> None:
+        failed = [str(rc) for rc in rcs if rc.is_failure]
+        if failed:
+            self._error = f"SUBACK {failed}"
+            return
+        self._subscribed.set()
+
+    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            _prefix, gateway_id, kind = payloads.parse_topic(msg.topic)
+            if kind == "readings":
+                readings = payloads.decode_readings(bytes(msg.payload))
+                if readings.gateway_id != gateway_id:
+                    raise payloads.PayloadError(
+                        "gateway_id", f"{readings.gateway_id!r} published on {msg.topic!r}")
+                self.store.add_readings(readings)
+            elif kind == "status":
+                status = payloads.decode_status(bytes(msg.payload))
+                if status.gateway_id != gateway_id:
+                    raise payloads.PayloadError(
+                        "gateway_id", f"{status.gateway_id!r} published on {msg.topic!r}")
+                self.store.add_status(status)
+            else:
+                raise payloads.PayloadError("topic", f"unexpected kind {kind!r}")
+        except payloads.PayloadError as e:
+            log.warning("head end: invalid message on %s: %s", msg.topic, e)
+            self.store.add_invalid(InvalidMessage(msg.topic, str(e), bytes(msg.payload)))
+
+    # -- waiting ----------------------------------------------------------------------------
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Block until (re)subscribed, e.g. after the broker was restarted."""
+        if not self._subscribed.wait(timeout):
+            raise HeadEndError(f"head end not subscribed after {timeout} s {self._error}")
+
+    def wait_for_records(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        """Block until at least ``n`` distinct records arrived; raise ``HeadEndError`` on time-out.
+        From asyncio code use ``await he.wait_for_records_async(...)`` instead."""
+        return self.store.wait_for(n, timeout)
+
+    async def wait_for_records_async(self, n: int, timeout: float) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.wait_for, n, timeout)
+
+    def wait_for_status(self, gateway_id: str, state: str,
+                        timeout: float = 10.0) -> payloads.StatusMessage:
+        return self.store.wait_for_status(gateway_id, state, timeout)
+
+    def records(self) -> list[dict[str, Any]]:
+        """Distinct records received so far (a copy)."""
+        return self.store.snapshot()
+
+    @property
+    def duplicates(self) -> int:
+        return self.store.duplicates

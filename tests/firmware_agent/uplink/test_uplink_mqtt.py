@@ -1,0 +1,422 @@
+"""The uplink against a real mosquitto with mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware_agent.clock import SystemClock
+from firmware_agent.config import UplinkConfig
+from firmware_agent.spool import Priority, Spool
+from firmware_agent.uplink.mqtt import (
+    Backoff,
+    Uplink,
+    UplinkErrorKind,
+    UplinkTuning,
+    classify_connect_error,
+)
+from firmware_agent.uplink.tls import TlsSetupError, build_ssl_context
+from hil.broker import BrokerOptions, Mosquitto
+from hil.headend import HeadEnd
+from hil.pki import Pki, generate_foreign_client, issue_client
+
+GATEWAY = "gateway-01"
+FAST = UplinkTuning(backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeout_s=2.0)
+
+
+def readings(n: int, start: int = 0, meter: str = "m1") -> list[tuple[dict[str, Any], str]]:
+    return [({"device_id": meter, "time": start + i, "kw": 0.5 + i, "obis": "1.0.1.8.0.255"},
+             f"{meter}/1.0.1.8.0.255/{start + i}") for i in range(n)]
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "spool.sqlite", SystemClock(), rng=random.Random(3))
+    yield s  # type: ignore[misc]
+    s.close()
+
+
+async def eventually(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run_with_uplink(uplink: Uplink, body: Callable[[Uplink], Awaitable[None]],
+                    timeout: float = 30.0) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(uplink.run())
+        try:
+            await asyncio.wait_for(body(uplink), timeout)
+        finally:
+            await uplink.stop(flush_timeout=1.0)
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+
+
+def test_records_reach_head_end_and_leave_spool(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    ids = spool.add(readings(120), Priority.INTERVAL)
+    alarm = spool.add([({"device_id": "m9", "event": "last gasp"}, "m9/alarm/1")], Priority.ALARM)
+    cfg = make_uplink_config(batch_max_records=25)
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), rng=random.Random(1), tuning=FAST)
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+        async def body(up: Uplink) -> None:
+            got = await he.wait_for_records_async(121, 10)
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+            assert {r["record_id"] for r in got} == set(ids + alarm)
+            first = he.store.messages[0]
+            assert first.records[0]["record_id"] == alarm[0]  # the alarm overtook the backlog
+            by_id = {r["record_id"]: r for r in got}
+            r = by_id[ids[5]]
+            assert r["natural_key"] == "m1/1.0.1.8.0.255/5"
+            assert r["device_id"] == "m1" and r["time"] == 5 and r["kw"] == 5.5
+            assert r["priority"] == "interval" and r["gateway_id"] == GATEWAY
+            assert len(r["message_id"]) == 36
+            assert len(he.store.messages) == 5  # 121 records in batches of at most 25
+            st = up.stats
+            assert st.connected and st.published_records == 121 and st.published_messages == 5
+            assert st.inflight == 0 and st.last_error == "" and st.tls_version == "TLSv1.3"
+            he.wait_for_status(GATEWAY, "online", 5)
+
+        run_with_uplink(uplink, body)
+        offline = he.wait_for_status(GATEWAY, "offline", 5)
+        assert offline.reason == "shutdown"
+    assert not uplink.stats.connected
+
+
+def test_records_added_while_running_are_sent(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST)
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: up.stats.connected, 5, "connect")
+            for k in range(5):
+                spool.add(readings(3, start=10 * k), Priority.INTERVAL)
+                await asyncio.sleep(0.01)
+            await he.wait_for_records_async(15, 5)
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+
+        run_with_uplink(uplink, body)
+
+
+def test_inflight_window_is_capped(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    spool.add(readings(300), Priority.INTERVAL)
+    cfg = make_uplink_config(max_inflight=3, batch_max_records=2)
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
+    seen: list[int] = []
+
+    async def body(up: Uplink) -> None:
+        while spool.depth():
+            seen.append(up.stats.inflight)
+            assert spool.in_flight() <= 3 * 2
+            await asyncio.sleep(0)
+
+    run_with_uplink(uplink, body)
+    assert max(seen) == 3
+    assert uplink.stats.published_messages == 150
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    ids = spool.add(readings(6000), Priority.INTERVAL)
+    cfg = make_uplink_config(max_inflight=5, batch_max_records=10)
+    # The head end re-subscribes ~1 s after the restart: the uplink must come back later than
+    # that, or messages published in between would reach no subscriber (no broker persistence).
+    tuning = UplinkTuning(backoff=Backoff(initial_s=3.0, maximum_s=3.0))
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), rng=random.Random(5), tuning=tuning)
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: up.stats.published_records >= 500, 10, "first records")
+            port = mqtt_broker.port
+            await asyncio.to_thread(mqtt_broker.stop)
+            await eventually(lambda: not up.stats.connected, 5, "disconnect noticed")
+            assert up.stats.last_error_kind is UplinkErrorKind.CONNECTION_LOST
+            assert spool.in_flight() == 0  # everything unacknowledged is pending again
+            assert 0 < spool.depth() < 6000
+            await asyncio.to_thread(mqtt_broker.start)
+            assert mqtt_broker.port == port
+            await asyncio.to_thread(he.wait_subscribed, 5)
+            await he.wait_for_records_async(6000, 20)
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+            assert up.stats.connections == 2
+
+        run_with_uplink(uplink, body, timeout=40)
+        got = he.records()
+    assert {r["record_id"] for r in got} == set(ids)
+    assert spool.depth() == 0
+
+
+def test_client_cert_from_other_ca_is_rejected(
+    mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
+    ids = spool.add(readings(10), Priority.INTERVAL)
+    uplink = Uplink(make_uplink_config(cert=foreign.client), GATEWAY, spool, SystemClock(),
+                    tuning=FAST)
+
+    async def body(up: Uplink) -> None:
+        await eventually(lambda: up.stats.connect_attempts >= 2, 5, "two attempts")
+
+    with caplog.at_level(logging.WARNING, "firmware_agent.uplink"):
+        run_with_uplink(uplink, body)
+    st = uplink.stats
+    assert st.last_error_kind is UplinkErrorKind.CLIENT_CERT_REJECTED
+    assert "connection lost before CONNACK" in st.last_error
+    assert "rejected our client certificate" in st.last_error
+    assert st.connections == 0 and st.published_records == 0
+    assert spool.depth() == 10 and spool.in_flight() == 0
+    assert [r.record_id for r in spool.next_batch(100, 1 << 20)] == ids
+    assert "rejected our client certificate" in caplog.text
+    mqtt_broker.wait_for_log("certificate verify failed")
+
+
+def test_client_cert_rejected_in_a_tls12_handshake_is_named_too(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, tmp_path: Path,
+) -> None:
+    # With TLS 1.2 the broker refuses the certificate inside the handshake: classify the real
+    # exception that a real handshake raises.
+    import socket
+
+    foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
+    with Mosquitto(mtls_pki, options=BrokerOptions(tls_version="1.2"),
+                   workdir=tmp_path / "b12") as b12:
+        ctx = ssl.create_default_context(cafile=str(mtls_pki.ca_cert))
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(foreign.client.cert), str(foreign.client.key))
+        with socket.create_connection((b12.host, b12.port), timeout=5) as raw, \
+                pytest.raises(ssl.SSLError) as e:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+    err = classify_connect_error(e.value, "b12")
+    assert err.kind is UplinkErrorKind.CLIENT_CERT_REJECTED, e.value
+    assert "during the TLS handshake" in str(err)
+
+
+def test_untrusted_server_is_a_tls_handshake_failure(
+    mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
+    tmp_path: Path,
+) -> None:
+    foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
+    spool.add(readings(3), Priority.INTERVAL)
+    cfg = make_uplink_config(ca_file=foreign.ca.cert)  # pins a CA that did not sign the broker
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
+
+    async def body(up: Uplink) -> None:
+        await eventually(lambda: up.stats.last_error != "", 5, "an error")
+
+    run_with_uplink(uplink, body)
+    st = uplink.stats
+    assert st.last_error_kind is UplinkErrorKind.TLS_HANDSHAKE_FAILED
+    assert "not accepted" in st.last_error and "certificate" in st.last_error
+    assert spool.depth() == 3
+
+
+def test_hostname_not_in_server_cert_is_a_tls_handshake_failure(
+    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+) -> None:
+    from hil.pki import generate_pki
+
+    other = generate_pki(tmp_path / "pki2", server_names=("broker.example",))
+    with Mosquitto(other, workdir=tmp_path / "b") as b:
+        cfg = make_uplink_config(port=b.port, host="127.0.0.1", ca_file=other.ca_cert,
+                                 cert=other.client(GATEWAY))
+        uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
+
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: up.stats.last_error != "", 5, "an error")
+
+        run_with_uplink(uplink, body)
+    assert uplink.stats.last_error_kind is UplinkErrorKind.TLS_HANDSHAKE_FAILED
+    assert "127.0.0.1" in uplink.stats.last_error
+
+
+def test_broker_unreachable(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    cfg = make_uplink_config()
+    mqtt_broker.stop()
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
+
+    async def body(up: Uplink) -> None:
+        await eventually(lambda: up.stats.connect_attempts >= 3, 5, "three attempts")
+
+    run_with_uplink(uplink, body)
+    st = uplink.stats
+    assert st.last_error_kind is UplinkErrorKind.BROKER_UNREACHABLE
+    assert "connection refused" in st.last_error
+
+
+def test_not_authorised_connack(
+    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+) -> None:
+    opts = BrokerOptions(extra_config=("clientid_prefixes headend",))
+    with Mosquitto(mtls_pki, options=opts, workdir=tmp_path / "b") as b:
+        spool.add(readings(2), Priority.INTERVAL)
+        uplink = Uplink(make_uplink_config(port=b.port), GATEWAY, spool, SystemClock(),
+                        tuning=FAST)
+
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: up.stats.last_error != "", 5, "an error")
+
+        run_with_uplink(uplink, body)
+    st = uplink.stats
+    assert st.last_error_kind is UplinkErrorKind.NOT_AUTHORISED, st.last_error
+    assert "0x87" in st.last_error
+    assert spool.depth() == 2
+
+
+def test_tls12_when_configured(
+    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+) -> None:
+    cfg12 = make_uplink_config(tls_version="1.2")
+    assert build_ssl_context(cfg12.tls).minimum_version is ssl.TLSVersion.TLSv1_2
+    assert build_ssl_context(make_uplink_config().tls).minimum_version is ssl.TLSVersion.TLSv1_3
+    with pytest.raises(TlsSetupError, match=r"1\.1"):
+        build_ssl_context(make_uplink_config(tls_version="1.1").tls)
+    with Mosquitto(mtls_pki, options=BrokerOptions(tls_version="1.2"),
+                   workdir=tmp_path / "b12") as b12:
+        spool.add(readings(2), Priority.INTERVAL)
+        uplink12 = Uplink(make_uplink_config(port=b12.port, tls_version="1.2"), GATEWAY, spool,
+                          SystemClock(), tuning=FAST)
+
+        async def ok(up: Uplink) -> None:
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+
+        run_with_uplink(uplink12, ok)
+        assert uplink12.stats.tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_broker_accepts_only_tls13_by_default(mtls_pki: Pki, mqtt_broker: Mosquitto) -> None:
+    ctx = ssl.create_default_context(cafile=str(mtls_pki.ca_cert))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    pair = mtls_pki.client(GATEWAY)
+    ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    import socket
+
+    with socket.create_connection((mqtt_broker.host, mqtt_broker.port), timeout=5) as raw, \
+            pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def test_expiring_client_cert_is_warned_about(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    soon = issue_client(mtls_pki, GATEWAY, not_before=now - dt.timedelta(days=1),
+                        not_after=now + dt.timedelta(days=10), stem="gw-soon")
+    uplink = Uplink(make_uplink_config(cert=soon), GATEWAY, spool, SystemClock(), tuning=FAST)
+
+    async def body(up: Uplink) -> None:
+        await eventually(lambda: up.stats.connected, 5, "connect")
+
+    with caplog.at_level(logging.WARNING, "firmware_agent.uplink"):
+        run_with_uplink(uplink, body)
+    assert "expires in 9 days" in uplink.stats.cert_warning
+    assert "expires in 9 days" in caplog.text
+
+
+def test_missing_key_file_fails_fast(
+    make_uplink_config: Callable[..., UplinkConfig], spool: Spool, tmp_path: Path,
+) -> None:
+    from hil.pki import CertPair
+
+    cfg = make_uplink_config(cert=CertPair(tmp_path / "nope.crt", tmp_path / "nope.key"))
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock())
+    with pytest.raises(TlsSetupError, match=r"nope\.crt"):
+        asyncio.run(uplink.run())
+
+
+def test_stop_before_run_and_bad_arguments(
+    make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
+) -> None:
+    cfg = make_uplink_config()
+    with pytest.raises(Exception, match="gateway_id"):
+        Uplink(cfg, "gw/1", spool, SystemClock())
+    with pytest.raises(ValueError, match="max_inflight"):
+        Uplink(make_uplink_config(max_inflight=0), GATEWAY, spool, SystemClock())
+    uplink = Uplink(cfg, GATEWAY, spool, SystemClock())
+
+    async def main() -> None:
+        await uplink.stop(0)
+        await asyncio.wait_for(uplink.run(), 5)  # returns at once: already stopped
+
+    asyncio.run(main())
+    assert uplink.stats.connect_attempts == 0
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    b = Backoff(initial_s=0.5, maximum_s=8.0)
+    rng = random.Random(42)
+    delays = [[b.delay(a, rng) for _ in range(200)] for a in range(8)]
+    for a, ds in enumerate(delays):
+        step = min(8.0, 0.5 * 2**a)
+        assert all(step / 2 <= d <= step for d in ds)
+        assert max(ds) - min(ds) > step / 4  # really jittered
+    assert b.delay(10_000, rng) <= 8.0
+    assert Backoff().delay(3, random.Random(1)) == Backoff().delay(3, random.Random(1))
+
+
+def test_payload_on_the_wire_is_the_documented_one(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = Path(__file__).resolve().parents[3] / "docs" / "schemas"
+    readings_schema = json.loads((schemas / "readings.schema.json").read_text())
+    status_schema = json.loads((schemas / "status.schema.json").read_text())
+    raw: list[tuple[str, bytes]] = []
+    spool.add(readings(7), Priority.ON_DEMAND)
+    uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST)
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    sniffer = paho.Client(CallbackAPIVersion.VERSION2, client_id="headend", protocol=paho.MQTTv5)
+    ctx = ssl.create_default_context(cafile=str(mtls_pki.ca_cert))
+    ctx.load_cert_chain(str(mtls_pki.headend.cert), str(mtls_pki.headend.key))
+    sniffer.tls_set_context(ctx)
+    sniffer.on_message = lambda _c, _u, m: raw.append((m.topic, bytes(m.payload)))
+    sniffer.connect("localhost", mqtt_broker.port)
+    sniffer.subscribe("ami/#", qos=1)
+    sniffer.loop_start()
+    try:
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: sum(t.endswith("/readings") for t, _ in raw) >= 1, 5, "msg")
+
+        run_with_uplink(uplink, body)
+        loop_deadline = asyncio.run(asyncio.sleep(0.3))
+        del loop_deadline
+    finally:
+        sniffer.disconnect()
+        sniffer.loop_stop()
+    kinds = {t.rsplit("/", 1)[1] for t, _ in raw}
+    assert kinds == {"readings", "status"}
+    for topic, payload in raw:
+        doc = json.loads(payload)
+        schema = readings_schema if topic == f"ami/{GATEWAY}/readings" else status_schema
+        assert topic in (f"ami/{GATEWAY}/readings", f"ami/{GATEWAY}/status")
+        jsonschema.validate(doc, schema)
