@@ -358,3 +358,20 @@ def test_security_other_than_none_is_refused_up_front() -> None:
         await link.close()
 
     run(go())
+
+
+def test_failed_stage_is_named_and_association_is_released() -> None:
+    clock = ManualClock(NOW)
+    server = meter_server(clock)
+
+    async def go() -> None:
+        async with udp_meter(server) as (link, port):
+            with pytest.raises(MeterReadError) as err:
+                await read_meter(link, cfg(port), clock, profile="1.0.99.2.0.255")
+        assert err.value.stage == "profile"
+        assert isinstance(err.value.cause, DataAccessError)
+        assert err.value.cause.result == "object-undefined"
+        assert "1.0.99.2.0.255" in str(err.value)
+        assert server.counters["released"] == 1 and not server.associated(16)
+
+    run(go())
