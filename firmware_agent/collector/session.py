@@ -9,6 +9,8 @@ DLMS names, so a log line says "object-undefined", not "4".
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -196,9 +198,11 @@ class Exchange(Generic[T]):
 
 
 def _translate(fn: Callable[[], Any], frame: bytes) -> Any:
-    """Run a gurux call, turning its exceptions into DlmsError subclasses."""
+    """Run a gurux call, turning its exceptions into DlmsError subclasses. gurux print()s some
+    parse complaints ("Unknown tag"); they are swallowed so they cannot reach the agent's stdout."""
     try:
-        return fn()
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn()
     except DlmsError:
         raise
     except GXDLMSExceptionResponse as exc:
