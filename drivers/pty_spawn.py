@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from urllib.parse import parse_qsl, urlsplit
@@ -21,6 +22,9 @@ from drivers.uart import SerialTransport
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 15.0
+#: Set in the child's environment: exit when stdin (a pipe from us) closes, so a host that dies
+#: without closing the radio does not leave an orphaned virtual RCP behind.
+WATCH_STDIN_ENV = "HIL_RCP_EXIT_ON_STDIN_EOF"
 TERMINATE_TIMEOUT_S = 5.0
 
 
@@ -44,7 +48,7 @@ def rcp_command(url: str, python: str = sys.executable) -> list[str]:
 class SpawnedRcpTransport:
     """Starts the virtual RCP child on ``open()``, and stops it (SIGTERM to its PID, then wait)
     on close. The child's stderr is inherited so its logs are not lost; later stdout lines are
-    logged."""
+    logged. The child's stdin is a pipe held by us: if we die, it sees EOF and exits."""
 
     def __init__(self, argv: list[str], *, startup_timeout: float = STARTUP_TIMEOUT_S) -> None:
         self.argv = argv
@@ -62,9 +66,10 @@ class SpawnedRcpTransport:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,
+                env={**os.environ, WATCH_STDIN_ENV: "1"},
             )
         except OSError as exc:
             raise RadioError(f"cannot start virtual RCP {' '.join(self.argv)}: {exc}") from exc
@@ -136,6 +141,8 @@ class SpawnedRcpTransport:
             if proc.returncode not in (0, -signal.SIGTERM):
                 log.warning("virtual RCP pid %d exited with status %s", proc.pid, proc.returncode)
         finally:
+            if proc.stdin is not None:
+                proc.stdin.close()
             if self._stdout_task is not None:
                 self._stdout_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

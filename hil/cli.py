@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from drivers.pty_spawn import WATCH_STDIN_ENV
 from firmware_agent.clock import SystemClock
 from hil.medium import Medium
 from hil.rcp import VirtualRcp, serve_pty
@@ -99,6 +101,10 @@ async def _serve_rcp(args: argparse.Namespace) -> int:
     server = asyncio.create_task(serve_pty(rcp, ready), name="rcp-pty")
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.cancel)
+    watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"
+    if watch_stdin:  # spawned by spinel+pty://: stop when the host process goes away
+        os.set_blocking(0, False)
+        loop.add_reader(0, _stop_on_eof, server)
     try:
         await server
     except asyncio.CancelledError:
@@ -107,8 +113,22 @@ async def _serve_rcp(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if watch_stdin:
+            loop.remove_reader(0)
     log.info("virtual RCP stopped: %s", rcp.counters)
     return 0
+
+
+def _stop_on_eof(server: asyncio.Task[None]) -> None:
+    try:
+        data = os.read(0, 4096)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        log.info("host closed our stdin: stopping")
+        server.cancel()
 
 
 def _cmd_rcp(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -110,3 +111,32 @@ def test_hil_rcp_cli_prints_pty_first_and_exits_zero_on_sigterm() -> None:
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_child_exits_when_its_host_dies_without_closing() -> None:
+    host = (
+        "import asyncio, os\n"
+        "from drivers import open_radio\n"
+        "async def main():\n"
+        "    radio = open_radio('spinel+pty://?seed=2')\n"
+        "    await radio.open()\n"
+        "    print(radio._transport.pid, flush=True)\n"
+        "    os._exit(3)\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", host], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 3, out.stderr
+    child = int(out.stdout.strip())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return  # exited; waiting for a reaper that may not exist in a container
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail(f"virtual RCP pid {child} outlived its host")
