@@ -207,6 +207,8 @@ class VirtualRcp:
         self._decoder = HdlcDecoder()
         self._out = bytearray()
         self._listener: Callable[[], None] | None = None
+        #: Fault injection: this many next transmissions fail channel access (CCA_FAILURE).
+        self.cca_failures_to_inject = 0
         self._apply_boot_state()
         medium.attach(self, position, tx_power_dbm, channel)
 
@@ -456,6 +458,11 @@ class VirtualRcp:
             return
         if not FCS_LEN < len(request.psdu) <= MAX_PSDU or request.channel not in self.channels:
             self._status(tid, Status.INVALID_ARGUMENT)
+            return
+        if self.cca_failures_to_inject > 0:
+            self.cca_failures_to_inject -= 1
+            done = TxDone(Status.CCA_FAILURE)
+            self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(done))
             return
         mpdu = request.psdu[:-FCS_LEN]
         on_air = mpdu + struct.pack("<H", fcs154(mpdu))

@@ -144,6 +144,15 @@ def test_transmit_acked_no_ack_and_broadcast() -> None:
             await radio.set_channel(6)  # the meter is no longer on our channel
             assert (await radio.transmit(data_psdu(METER))).status is TxStatus.NO_ACK
 
+            world.rcp.cca_failures_to_inject = 1  # a busy channel
+            assert (await radio.transmit(broadcast)).status is TxStatus.CCA_FAILURE
+            assert (await radio.transmit(broadcast)).status is TxStatus.SENT
+
+            world.rcp.phy_enabled = False  # the board refuses (INVALID_STATE): FAILED
+            assert (await radio.transmit(broadcast)).status is TxStatus.FAILED
+            with pytest.raises(RadioError, match="PSDU of 2 bytes"):
+                await radio.transmit(b"\x00\x00")
+
     run(go)
 
 
