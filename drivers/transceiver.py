@@ -110,5 +110,7 @@ class Registry:
             factory = self._factories[scheme]
         except KeyError:
             known = ", ".join(f"{s}://" for s in self.schemes())
-            raise RadioError(f"unknown radio URL scheme {scheme!r} in {url!r}; known: {known}") from None
+            raise RadioError(
+                f"unknown radio URL scheme {scheme!r} in {url!r}; known: {known}"
+            ) from None
         return factory(url)
