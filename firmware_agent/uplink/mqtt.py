@@ -455,7 +455,10 @@ class Uplink:
     def _fill_window(self, session: _Session) -> None:
         window = min(self.cfg.max_inflight, session.receive_maximum)
         n = self.cfg.batch_max_records
-        budget = self.tuning.max_message_bytes - payloads.envelope_overhead(self.gateway_id, n)
+        cap = self.tuning.max_message_bytes
+        while n > 1 and payloads.envelope_overhead(self.gateway_id, n) > cap // 2:
+            n //= 2  # leave at least half of the message for record bodies
+        budget = cap - payloads.envelope_overhead(self.gateway_id, n)
         while len(session.inflight) < window and not session.closed:
             batch = self._spool.next_batch(n, max(budget, 1))
             if not batch:

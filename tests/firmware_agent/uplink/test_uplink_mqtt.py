@@ -420,3 +420,103 @@ def test_payload_on_the_wire_is_the_documented_one(
         schema = readings_schema if topic == f"ami/{GATEWAY}/readings" else status_schema
         assert topic in (f"ami/{GATEWAY}/readings", f"ami/{GATEWAY}/status")
         jsonschema.validate(doc, schema)
+
+
+def test_expired_client_cert_is_rejected_and_warned_about(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    from hil.pki import issue_expired_client
+
+    expired = issue_expired_client(mtls_pki, GATEWAY)
+    spool.add(readings(4), Priority.INTERVAL)
+    uplink = Uplink(make_uplink_config(cert=expired), GATEWAY, spool, SystemClock(), tuning=FAST)
+
+    async def body(up: Uplink) -> None:
+        await eventually(lambda: up.stats.last_error != "", 5, "an error")
+
+    run_with_uplink(uplink, body)
+    st = uplink.stats
+    assert "EXPIRED" in st.cert_warning
+    assert st.last_error_kind is UplinkErrorKind.CLIENT_CERT_REJECTED
+    assert spool.depth() == 4
+
+
+def test_large_batches_respect_the_message_cap(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    big = [({"device_id": "m", "seq": i, "blob": "y" * 3000}, f"m/{i}") for i in range(60)]
+    spool.add(big, Priority.INTERVAL)
+    tuning = UplinkTuning(max_message_bytes=20_000)
+    uplink = Uplink(make_uplink_config(batch_max_records=1000), GATEWAY, spool, SystemClock(),
+                    tuning=tuning)
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+        async def body(up: Uplink) -> None:
+            await he.wait_for_records_async(60, 10)
+
+        run_with_uplink(uplink, body)
+        sizes = [len(m.records) for m in he.store.messages]
+    assert max(sizes) <= 6 and sum(sizes) == 60
+
+
+UPLINK_PROCESS = """
+import asyncio, sys
+from pathlib import Path
+from firmware_agent.clock import SystemClock
+from firmware_agent.config import TlsConfig, UplinkConfig
+from firmware_agent.spool import Spool
+from firmware_agent.uplink.mqtt import Uplink
+url, ca, cert, key, db = sys.argv[1:]
+cfg = UplinkConfig(url, TlsConfig(Path(ca), Path(cert), Path(key)))
+spool = Spool(Path(db), SystemClock())
+
+async def main():
+    up = Uplink(cfg, "gateway-01", spool, SystemClock())
+    task = asyncio.create_task(up.run())
+    while not up.stats.connected:
+        await asyncio.sleep(0.01)
+    print("CONNECTED", flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+def test_killed_gateway_leaves_last_will_and_a_spool_that_resumes(
+    mtls_pki: Pki, mqtt_broker: Mosquitto, tmp_path: Path,
+    make_uplink_config: Callable[..., UplinkConfig],
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    db = tmp_path / "spool.sqlite"
+    pair = mtls_pki.client(GATEWAY)
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", UPLINK_PROCESS, f"mqtts://localhost:{mqtt_broker.port}",
+             str(mtls_pki.ca_cert), str(pair.cert), str(pair.key), str(db)],
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "CONNECTED"
+            he.wait_for_status(GATEWAY, "online", 5)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        will = he.wait_for_status(GATEWAY, "offline", 5)
+        assert will.reason == "connection lost"
+        # records spooled while the gateway was down go out when it comes back
+        spool = Spool(db, SystemClock())
+        ids = spool.add(readings(5), Priority.INTERVAL)
+        uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST)
+
+        async def body(up: Uplink) -> None:
+            got = await he.wait_for_records_async(5, 5)
+            assert {r["record_id"] for r in got} == set(ids)
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+
+        run_with_uplink(uplink, body)
+        spool.close()
