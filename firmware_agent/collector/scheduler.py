@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from firmware_agent.clock import Clock
 from firmware_agent.collector.link import MeterLink
-from firmware_agent.collector.reader import read_meter
+from firmware_agent.collector.reader import MeterCache, read_meter
 from firmware_agent.config import CollectorConfig, MeterConfig
 from firmware_agent.spool import Priority, Spool
 
@@ -65,6 +65,7 @@ class Collector:
         self.rng = rng
         self.sleep = sleep
         self.status = {m.id: MeterStatus(m.id) for m in meters}
+        self._caches = {m.id: MeterCache() for m in meters}
         self.readings_total = 0
 
     async def run(self) -> None:
@@ -101,6 +102,7 @@ class Collector:
                 profile_rows=self.cfg.profile_rows,
                 timeout=self.cfg.timeout_s,
                 retries=self.cfg.retries,
+                cache=self._caches[meter.id],
             )
             items = [(r.to_dict(), r.natural_key) for r in result.readings]
             if items:
