@@ -135,8 +135,7 @@ class Agent:
                 workers | {stopper}, timeout=duration, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done - {stopper}:
-                exc = task.exception()
-                log.error("%s stopped unexpectedly: %r", task.get_name(), exc)
+                log.error("%s stopped unexpectedly: %r", task.get_name(), task.exception())
                 code = EXIT_FAILURE
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

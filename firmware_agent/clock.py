@@ -9,7 +9,7 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> float:
-        """Wall-clock seconds since the epoch (UTC): what records and certificates are stamped with."""
+        """Wall-clock seconds since the epoch (UTC): what records and certificates carry."""
 
     def monotonic(self) -> float:
         """Seconds on a clock that never jumps: what timeouts and rates are measured on."""

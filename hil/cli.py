@@ -20,6 +20,7 @@ from pathlib import Path
 from drivers.pty_spawn import WATCH_STDIN_ENV
 from firmware_agent.clock import SystemClock
 from hil.medium import Medium
+from hil.population import asyncio_scheduler, populate, read_mesh_meters
 from hil.rcp import VirtualRcp, serve_pty
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile-period", type=float, default=900.0, help="meters' load-profile period, s"
     )
     rcp.set_defaults(func=_cmd_rcp)
+
+    demo = sub.add_parser("demo", help="run the gateway agent end to end with a live view")
+    demo.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
+    demo.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
+    )
+    demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from hil.demo import run_demo
+
+    return run_demo(args.config, args.duration or None)
 
 
 def default_eui64(seed: int) -> bytes:
@@ -63,9 +77,21 @@ def default_eui64(seed: int) -> bytes:
 
 
 def attach_meters(medium: Medium, args: argparse.Namespace, rng: random.Random) -> None:
-    """Attach the emulated meter nodes that ``args.meters`` and ``args.profile_period`` describe
-    to ``medium``. Called from inside the running event loop, after the RCP is attached.
-    The rig's lead fills this in; until then the world holds the RCP alone."""
+    """Attach the emulated meters of ``args.meters`` (a gateway-style meters file) to ``medium``.
+    Called from inside the running event loop: meters answer on it after a processing delay."""
+    if args.meters is None:
+        return
+    meters = read_mesh_meters(args.meters)
+    populate(
+        medium,
+        meters,
+        SystemClock(),
+        rng,
+        asyncio_scheduler(),
+        channel=args.channel,
+        profile_period_s=args.profile_period,
+    )
+    log.info("%d emulated meters on the medium", len(meters))
 
 
 def build_rcp_world(args: argparse.Namespace) -> tuple[Medium, VirtualRcp]:

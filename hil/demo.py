@@ -42,7 +42,14 @@ async def _run_agent(agent: Agent, duration: float | None, console: Console) -> 
 
 def summary_table(snap: Snapshot, delivered: dict[str, int]) -> Table:
     table = Table(title=f"gateway {snap.gateway_id}: summary")
-    for col in ("meter", "reads ok", "reads failed", "readings spooled", "records at head end", "last error"):
+    for col in (
+        "meter",
+        "reads ok",
+        "reads failed",
+        "readings spooled",
+        "records at head end",
+        "last error",
+    ):
         table.add_column(col)
     for mv in snap.meters:
         st = mv.status
@@ -68,7 +75,9 @@ def run_demo(config_path: Path, duration: float | None, console: Console | None 
         Mosquitto(pki, port=config.uplink.port, workdir=pki_dir.parent / "broker") as broker,
         HeadEnd(broker.host, broker.port, pki) as headend,
     ):
-        console.print(f"mosquitto: mqtts://{broker.host}:{broker.port} (mTLS, TLS 1.3), log {broker.log_file}")
+        console.print(
+            f"mosquitto: mqtts://{broker.host}:{broker.port} (mTLS, TLS 1.3), log {broker.log_file}"
+        )
         agent = Agent(config, SystemClock())
         started = time.monotonic()
         code = asyncio.run(_run_agent(agent, duration, console))

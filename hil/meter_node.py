@@ -17,7 +17,7 @@ from hil.medium import Medium
 log = logging.getLogger(__name__)
 
 DLMS_PORT = 4059
-Scheduler = Callable[[float, Callable[[], None]], object]
+Scheduler = Callable[[float, Callable[[], object]], object]
 
 
 @dataclass

@@ -41,7 +41,7 @@ def read_mesh_meters(path: Path) -> list[tuple[str, bytes]]:
 def asyncio_scheduler() -> Scheduler:
     loop = asyncio.get_running_loop()
 
-    def schedule(delay: float, fn: Callable[[], None]) -> object:
+    def schedule(delay: float, fn: Callable[[], object]) -> object:
         return loop.call_later(delay, fn)
 
     return schedule
