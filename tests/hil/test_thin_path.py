@@ -1,0 +1,172 @@
+"""The thin path through every layer, on whatever target --hil-env names.
+
+The agent runs as its own process from a config the target's fixtures write; the head end
+subscribes to a real mosquitto with mTLS. Nothing here reaches into the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from firmware_agent.clock import SystemClock
+from firmware_agent.spool import Spool
+from hil.headend import HeadEnd
+
+SEED_002_FIELDS = ("time", "arrival_time", "device_id", "load", "crrnt", "pf", "kva", "kw", "vltg")
+AGENT = Path(sys.executable).with_name("firmware-agent")
+
+
+class AgentProcess:
+    """``firmware-agent run`` as a child process, with its log in a file for failure messages."""
+
+    def __init__(self, config: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        self._log_handle = log.open("wb")
+        self.proc = subprocess.Popen(
+            [str(AGENT), "run", "--config", str(config), *extra],
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_handle.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_handle.close()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def run_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    started: list[AgentProcess] = []
+
+    def start(config: Path, *extra: str) -> AgentProcess:
+        agent = AgentProcess(config, tmp_path / f"agent-{len(started)}.log", *extra)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
+
+
+def wait_for_meters(
+    headend: HeadEnd, meter_ids: set[str], timeout: float, agent: AgentProcess
+) -> list[dict[str, Any]]:
+    """Records until every meter has reported at least once, or fail with the agent's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = headend.records()
+        if meter_ids <= {r["device_id"] for r in records}:
+            return records
+        if agent.proc.poll() is not None:
+            pytest.fail(f"agent exited with {agent.proc.returncode}:\n{agent.output()[-3000:]}")
+        time.sleep(0.2)
+    seen = {r["device_id"] for r in headend.records()}
+    pytest.fail(
+        f"no readings from {sorted(meter_ids - seen)} after {timeout} s:\n{agent.output()[-3000:]}"
+    )
+
+
+def spool_rows(path: Path) -> int:
+    """Records left in the agent's spool file (opened read-only by the spool's own class)."""
+    with Spool(path, SystemClock()) as spool:
+        return spool.depth()
+
+
+def test_readings_reach_the_head_end_and_leave_the_spool(
+    gateway_config: Callable[..., Path],
+    headend: HeadEnd,
+    meters: list[dict[str, Any]],
+    run_agent: Callable[..., AgentProcess],
+) -> None:
+    config = gateway_config()
+    spool_path = Path(yaml.safe_load(config.read_text())["spool"]["path"])
+    agent = run_agent(config, "--log-json")
+    records = wait_for_meters(headend, {m["id"] for m in meters}, timeout=60, agent=agent)
+    assert agent.terminate() == 0, agent.output()[-3000:]
+
+    for record in records:
+        for field in SEED_002_FIELDS:
+            assert field in record, f"{field} missing from {record}"
+        uuid.UUID(record["record_id"])
+        assert record["natural_key"].startswith(record["device_id"] + "|")
+        # Physically consistent quantities (the emulated meters guarantee it; real ones too).
+        if record["kva"] is not None and record["crrnt"]:
+            assert record["kva"] == pytest.approx(record["vltg"] * record["crrnt"], rel=0.02)
+            assert record["kw"] == pytest.approx(record["kva"] * record["pf"], rel=0.02)
+    message_ids = {r["message_id"] for r in records}
+    assert message_ids and all(uuid.UUID(mid) for mid in message_ids)
+
+    # Every record was deleted from the spool on its PUBACK; the clean shutdown flushed the rest.
+    assert spool_rows(spool_path) == 0
+    log = [json.loads(line) for line in agent.output().splitlines() if line.startswith("{")]
+    assert any(entry["msg"] == "shutting down" for entry in log)
+
+
+def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered(
+    gateway_config: Callable[..., Path],
+    headend: HeadEnd,
+    meters: list[dict[str, Any]],
+    run_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    # First run: the uplink points at a port where nothing listens, so readings pile up.
+    dead_port = gateway_config()
+    doc = yaml.safe_load(dead_port.read_text())
+    good_broker = doc["uplink"]["broker_url"]
+    doc["uplink"]["broker_url"] = "mqtts://127.0.0.1:9"
+    dead_port.write_text(yaml.safe_dump(doc))
+    spool_path = Path(doc["spool"]["path"])
+    agent = run_agent(dead_port)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        not spool_path.exists() or spool_rows(spool_path) < len(meters)
+    ):
+        time.sleep(0.3)
+    assert agent.terminate() == 0, agent.output()[-3000:]
+    kept = spool_rows(spool_path)
+    assert kept >= len(meters), agent.output()[-3000:]
+    assert headend.records() == []
+
+    # Second run against the real broker: what was kept goes out first, nothing is lost.
+    doc["uplink"]["broker_url"] = good_broker
+    dead_port.write_text(yaml.safe_dump(doc))
+    agent = run_agent(dead_port)
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline and spool_rows(spool_path) > 0 and len(headend.records()) < kept
+    ):
+        time.sleep(0.3)
+    assert agent.terminate() == 0, agent.output()[-3000:]
+    assert len(headend.records()) + headend.duplicates >= kept
+
+
+def test_bad_config_never_starts_the_agent(
+    gateway_config: Callable[..., Path], run_agent: Callable[..., AgentProcess]
+) -> None:
+    config = gateway_config(radio={"channel": 500})
+    agent = run_agent(config)
+    assert agent.proc.wait(30) == 2
+    assert "radio.channel (line" in agent.output()
