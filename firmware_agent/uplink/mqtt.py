@@ -436,6 +436,7 @@ class Uplink:
         # loop_stop joined paho's thread: every callback it posted has run by now.
         session.closed = True
         self._release(session)
+        self._flush_acks()
         self._connected = False
 
     def _release(self, session: _Session) -> None:
@@ -586,6 +587,7 @@ class Uplink:
         s.closed = True
         self._connected = False
         self._release(s)
+        self._flush_acks()
         s.connack.set()
         if self._wake is not None:
             self._wake.set()
