@@ -109,10 +109,12 @@ def _config_failure(file: Path, error: ConfigError) -> int:
 
 
 def _check_config(file: Path) -> int:
+    """A validator: 0 when the config is valid, 2 for every problem (the message says which)."""
     try:
         config = load_config(file)
     except ConfigError as error:
-        return _config_failure(file, error)
+        _config_failure(file, error)
+        return EXIT_CONFIG
     print(f"ok: {summary(config)}")
     return EXIT_OK
 

@@ -87,12 +87,12 @@ def test_python_dash_m_runs_the_same_command(tmp_path: Path) -> None:
 # ---- check-config in process (fast) -----------------------------------------------------------
 
 
-def test_check_config_key_readable_by_others_exits_3(
+def test_check_config_key_readable_by_others_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_config(tmp_path)
     (tmp_path / "pki" / "gw.key").chmod(0o644)
-    assert main(["check-config", str(path)]) == EXIT_SECURITY
+    assert main(["check-config", str(path)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "uplink.tls.key_file (line 7): " in err
     assert "is readable by group/others (mode 0644); chmod 600 it" in err
