@@ -8,12 +8,14 @@ same pieces the tests use, so what the demo shows is what the tests check.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.table import Table
 
 from firmware_agent.agent import Agent, Snapshot
@@ -64,9 +66,20 @@ def summary_table(snap: Snapshot, delivered: dict[str, int]) -> Table:
     return table
 
 
+def _settle(headend: HeadEnd, published: int, timeout: float) -> None:
+    """Give the head end a moment to receive the last acknowledged messages."""
+    deadline = time.monotonic() + timeout
+    while len(headend.records()) + headend.duplicates < published and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def run_demo(config_path: Path, duration: float | None, console: Console | None = None) -> int:
     """Run the demo; with a duration, exit 0 only if readings reached the head end."""
     console = console or Console()
+    # Warnings and errors print above the live view instead of tearing it; the view shows the rest.
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=console, show_path=False)], force=True
+    )
     gateway_id, pki_dir = _pki_dir(config_path)
     pki = generate_pki(pki_dir, gateway_ids=(gateway_id,))
     config = load_config(config_path)
@@ -81,7 +94,9 @@ def run_demo(config_path: Path, duration: float | None, console: Console | None 
         agent = Agent(config, SystemClock())
         started = time.monotonic()
         code = asyncio.run(_run_agent(agent, duration, console))
+        _settle(headend, agent.snapshot().published_records, timeout=5.0)
         records = headend.records()
+        duplicates = headend.duplicates
         delivered: dict[str, int] = {}
         for record in records:
             delivered[record["device_id"]] = delivered.get(record["device_id"], 0) + 1
@@ -89,8 +104,8 @@ def run_demo(config_path: Path, duration: float | None, console: Console | None 
     console.print(summary_table(snap, delivered))
     console.print(
         f"ran {time.monotonic() - started:.0f} s: {snap.readings_total} readings collected, "
-        f"{snap.published_records} published, {len(records)} received by the head end, "
-        f"{snap.spool_depth} left in the spool"
+        f"{snap.published_records} published; the head end kept {len(records)} unique records "
+        f"and dropped {duplicates} repeats by natural key; {snap.spool_depth} left in the spool"
     )
     if code != 0:
         return code

@@ -22,6 +22,15 @@ APPARENT_POWER = "1.0.9.7.0.255"
 LOAD_PERCENT = "1.0.1.7.128.255"
 IMAGE_TRANSFER = "0.0.44.0.0.255"
 
+# COSEM physical units (Blue Book, "Enumerated values for physical units").
+UNIT_W = 27
+UNIT_VA = 28
+UNIT_WH = 30
+UNIT_A = 33
+UNIT_V = 35
+UNIT_PERCENT = 56
+UNIT_NONE = 255
+
 # Interface classes (IC) used here.
 IC_DATA = 1
 IC_REGISTER = 3

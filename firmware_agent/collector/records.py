@@ -13,14 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import obis as codes
-
-UNIT_W = 27
-UNIT_VA = 28
-UNIT_WH = 30
-UNIT_A = 33
-UNIT_V = 35
-UNIT_PERCENT = 56
-UNIT_NONE = 255
+from .obis import UNIT_A, UNIT_NONE, UNIT_PERCENT, UNIT_V, UNIT_VA, UNIT_W
 
 # OBIS -> (head-end field, unit the value must be in after the scaler, factor to the field's unit)
 HEAD_END_FIELDS: dict[str, tuple[str, int, float]] = {

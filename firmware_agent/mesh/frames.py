@@ -11,6 +11,8 @@ import enum
 import struct
 from dataclasses import dataclass, field
 
+from drivers.hdlc import fcs16_update
+
 FCS_LEN = 2
 MAX_PSDU = 2047  # IEEE 802.15.4g MR-FSK PHR allows 2047 octets
 
@@ -59,12 +61,7 @@ HT2 = 0x7F  # header termination: payload follows, no payload IEs
 
 def fcs16(data: bytes) -> int:
     """CRC-16/KERMIT (ITU-T poly, reflected, init 0): the 802.15.4 2-octet FCS."""
-    crc = 0
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-    return crc
+    return fcs16_update(0, data)
 
 
 def _mode_of(addr: bytes | None) -> AddrMode:

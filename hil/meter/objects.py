@@ -11,7 +11,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from firmware_agent.collector import obis
-from firmware_agent.collector.obis import obis_to_bytes
+from firmware_agent.collector.obis import (
+    UNIT_A,
+    UNIT_NONE,
+    UNIT_PERCENT,
+    UNIT_V,
+    UNIT_VA,
+    UNIT_W,
+    UNIT_WH,
+    obis_to_bytes,
+)
 
 from . import axdr
 from .model import MeterModel, Sample
@@ -32,14 +41,6 @@ NO_LONG_GET_IN_PROGRESS = 16
 DATA_BLOCK_NUMBER_INVALID = 19
 OTHER_REASON = 250
 
-# COSEM units (Blue Book table "Enumerated values for physical units").
-UNIT_W = 27
-UNIT_VA = 28
-UNIT_WH = 30
-UNIT_A = 33
-UNIT_V = 35
-UNIT_PERCENT = 56
-UNIT_NONE = 255
 
 
 class AccessError(Exception):
