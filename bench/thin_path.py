@@ -60,7 +60,7 @@ def encode_batches(records: list[dict[str, Any]], batch: int) -> list[bytes]:
         payloads.encode_readings(
             "bench-raw",
             [
-                SpoolRecord(
+                SpoolRecord.from_data(
                     str(uuid.uuid4()), natural_key(i), Priority.INTERVAL, now, records[i], 0
                 )
                 for i in range(first, min(first + batch, len(records)))
@@ -121,8 +121,10 @@ async def ours(
             [(records[i], natural_key(i)) for i in range(first, first + 100)], Priority.INTERVAL
         )
         await asyncio.sleep(0)
-    while spool.depth():
+    while uplink.stats.published_records < RECORDS:  # cheap to poll, unlike COUNT(*)
         await asyncio.sleep(0.005)
+    while spool.depth():  # every acknowledged record must also be gone from the spool
+        await asyncio.sleep(0.001)
     elapsed = time.perf_counter() - started
     await uplink.stop(flush_timeout=5)
     runner.cancel()

@@ -14,6 +14,7 @@ SQLite's same-thread check on.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import random
 import sqlite3
@@ -71,16 +72,41 @@ class SpoolCorrupt(SpoolError):
     """The database file is not a spool of a version we understand."""
 
 
+def encode_body(record: dict[str, Any]) -> str:
+    """The stored form of a record: compact JSON, one object. Raises TypeError/ValueError."""
+    return json.dumps(
+        record, separators=(",", ":"), sort_keys=True, allow_nan=False, ensure_ascii=False
+    )
+
+
 @dataclass(frozen=True)
 class SpoolRecord:
-    """One stored record as the uplink sends it."""
+    """One stored record as the uplink sends it. ``body`` is the JSON object as stored, so the
+    uplink can splice it into a message without decoding and re-encoding it."""
 
     record_id: str
     natural_key: str
     priority: Priority
     created_at: float
-    data: dict[str, Any]
+    body: str
     size: int  # bytes of JSON body + natural key: what batch budgets count
+
+    @functools.cached_property
+    def data(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.body)
+        return value
+
+    @classmethod
+    def from_data(
+        cls,
+        record_id: str,
+        natural_key: str,
+        priority: Priority,
+        created_at: float,
+        data: dict[str, Any],
+        size: int = 0,
+    ) -> SpoolRecord:
+        return cls(record_id, natural_key, priority, created_at, encode_body(data), size)
 
 
 @dataclass(frozen=True)
@@ -160,8 +186,9 @@ class Spool:
         now = self._clock.now()
         rows: list[tuple[str, str, int, float, str, int]] = []
         for i, (record, natural_key) in enumerate(items):
-            rows.append((self._new_id(), natural_key, int(prio), now,
-                         *self._encode(i, record, natural_key)))
+            rows.append(
+                (self._new_id(), natural_key, int(prio), now, *self._encode(i, record, natural_key))
+            )
         if not rows:
             return []
         with self._tx():
@@ -195,8 +222,7 @@ class Spool:
         if clash:
             raise RecordRejected(index, key, f"uses reserved field(s) {sorted(clash)}")
         try:
-            body = json.dumps(record, separators=(",", ":"), sort_keys=True, allow_nan=False,
-                              ensure_ascii=False)
+            body = encode_body(record)
         except (TypeError, ValueError) as e:
             raise RecordRejected(index, key, f"not JSON-serialisable: {e}") from e
         size = len(body.encode()) + len(key.encode())
@@ -223,8 +249,7 @@ class Spool:
                 break
             total += size
             batch.append(
-                SpoolRecord(record_id, natural_key, Priority(prio), created_at, json.loads(body),
-                            size)
+                SpoolRecord(record_id, natural_key, Priority(prio), created_at, body, size)
             )
         cur.close()
         return batch
@@ -232,9 +257,7 @@ class Spool:
     def mark_in_flight(self, ids: Iterable[str]) -> None:
         with self._tx():
             self._db.executemany(
-                "INSERT OR IGNORE INTO temp.inflight (record_id) "
-                "SELECT record_id FROM records WHERE record_id = ?",
-                ((i,) for i in ids),
+                "INSERT OR IGNORE INTO temp.inflight (record_id) VALUES (?)", ((i,) for i in ids)
             )
 
     def release(self, ids: Iterable[str]) -> None:

@@ -21,8 +21,11 @@ STATUS_SCHEMA = "status/1"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"
-PRIORITY_NAMES = {Priority.ALARM: "alarm", Priority.ON_DEMAND: "on_demand",
-                  Priority.INTERVAL: "interval"}
+PRIORITY_NAMES = {
+    Priority.ALARM: "alarm",
+    Priority.ON_DEMAND: "on_demand",
+    Priority.INTERVAL: "interval",
+}
 _PRIORITY_BY_NAME = {v: k for k, v in PRIORITY_NAMES.items()}
 
 
@@ -103,14 +106,18 @@ class ReadingsMessage:
     records: tuple[dict[str, Any], ...]  # each with record_id, natural_key, priority, spooled_at
 
 
-def record_entry(rec: SpoolRecord) -> dict[str, Any]:
-    return {
-        "record_id": rec.record_id,
-        "natural_key": rec.natural_key,
-        "priority": PRIORITY_NAMES[rec.priority],
-        "spooled_at": iso_utc(rec.created_at),
-        **rec.data,
-    }
+def _dump(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def record_entry_json(rec: SpoolRecord, spooled_at: str) -> str:
+    """One record of a message as JSON text: the envelope fields, then the stored body's members
+    spliced in as they are (the spool refuses bodies that use the envelope's field names)."""
+    head = (
+        f'{{"record_id":{_dump(rec.record_id)},"natural_key":{_dump(rec.natural_key)},'
+        f'"priority":"{PRIORITY_NAMES[rec.priority]}","spooled_at":"{spooled_at}"'
+    )
+    return head + ("}" if rec.body == "{}" else "," + rec.body[1:])
 
 
 def encode_readings(
@@ -125,14 +132,22 @@ def encode_readings(
     check_topic_level("gateway_id", gateway_id)
     if not records:
         raise PayloadError("records", "a readings message carries at least one record")
-    doc = {
-        "schema": READINGS_SCHEMA,
-        "message_id": message_id,
-        "gateway_id": gateway_id,
-        "sent_at": iso_utc(sent_at),
-        "records": [record_entry(r) for r in records],
-    }
-    data = json.dumps(doc, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+    envelope = _dump(
+        {
+            "schema": READINGS_SCHEMA,
+            "message_id": message_id,
+            "gateway_id": gateway_id,
+            "sent_at": iso_utc(sent_at),
+        }
+    )
+    stamps: dict[float, str] = {}  # records of one spool commit share their timestamp
+    entries = []
+    for rec in records:
+        stamp = stamps.get(rec.created_at)
+        if stamp is None:
+            stamp = stamps[rec.created_at] = iso_utc(rec.created_at)
+        entries.append(record_entry_json(rec, stamp))
+    data = (envelope[:-1] + ',"records":[' + ",".join(entries) + "]}").encode()
     if len(data) > max_bytes:
         raise MessageTooLarge(len(data), max_bytes)
     return data
@@ -198,8 +213,9 @@ def priority_from_name(name: str) -> Priority:
     try:
         return _PRIORITY_BY_NAME[name]
     except KeyError:
-        raise PayloadError("priority", f"{name!r}, expected one of {sorted(_PRIORITY_BY_NAME)}") \
-            from None
+        raise PayloadError(
+            "priority", f"{name!r}, expected one of {sorted(_PRIORITY_BY_NAME)}"
+        ) from None
 
 
 # -- status (birth / last will) ---------------------------------------------------------------
@@ -217,8 +233,13 @@ def encode_status(gateway_id: str, state: str, *, sent_at: float, reason: str = 
     check_topic_level("gateway_id", gateway_id)
     if state not in (STATUS_ONLINE, STATUS_OFFLINE):
         raise PayloadError("state", f"{state!r}, expected 'online' or 'offline'")
-    doc = {"schema": STATUS_SCHEMA, "gateway_id": gateway_id, "state": state,
-           "sent_at": iso_utc(sent_at), "reason": reason}
+    doc = {
+        "schema": STATUS_SCHEMA,
+        "gateway_id": gateway_id,
+        "state": state,
+        "sent_at": iso_utc(sent_at),
+        "reason": reason,
+    }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 

@@ -15,7 +15,7 @@ from hil.pki import Pki, generate_pki
 
 
 def rec(key: str, n: int = 0) -> SpoolRecord:
-    return SpoolRecord(f"00000000-0000-4000-8000-{n:012d}", key, Priority.INTERVAL,
+    return SpoolRecord.from_data(f"00000000-0000-4000-8000-{n:012d}", key, Priority.INTERVAL,
                        1_700_000_000.0, {"device_id": "m1", "kw": 1.0}, 10)
 
 

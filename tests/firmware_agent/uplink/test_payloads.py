@@ -21,7 +21,7 @@ MID = "5f0c8a2e-1b7d-4c3e-9a6f-0d2b4e6f8a1c"
 
 
 def rec(n: int, prio: Priority = Priority.INTERVAL, **data: Any) -> SpoolRecord:
-    return SpoolRecord(f"00000000-0000-4000-8000-{n:012d}", f"m1/1.0.1.8.0.255/{n}", prio,
+    return SpoolRecord.from_data(f"00000000-0000-4000-8000-{n:012d}", f"m1/1.0.1.8.0.255/{n}", prio,
                        1_700_000_000.25, {"device_id": "m1", "kw": 1.5, **data}, 40)
 
 
@@ -115,7 +115,7 @@ def test_topics() -> None:
                                  st.text(), st.booleans(), st.none()), max_size=8),
        st.text(min_size=1))
 def test_any_record_dict_round_trips(data: dict[str, Any], key: str) -> None:
-    r = SpoolRecord(MID, key, Priority.ON_DEMAND, 0.0, data, 1)
+    r = SpoolRecord.from_data(MID, key, Priority.ON_DEMAND, 0.0, data, 1)
     blob = p.encode_readings("gw", [r], message_id=MID, sent_at=0)
     jsonschema.validate(json.loads(blob), READINGS)
     out = p.decode_readings(blob).records[0]
