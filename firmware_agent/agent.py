@@ -13,8 +13,8 @@ import random
 import signal
 from dataclasses import dataclass, field
 
-from drivers import open_radio
-from drivers.transceiver import RadioError, RadioInfo, Transceiver
+from drivers import default_registry
+from drivers.transceiver import RadioError, RadioInfo, Registry, Transceiver
 from firmware_agent.clock import Clock
 from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.scheduler import Collector, MeterStatus
@@ -59,10 +59,18 @@ def eui64(text: str) -> bytes:
 class Agent:
     """One gateway. ``run()`` until stopped; ``snapshot()`` at any time."""
 
-    def __init__(self, config: Config, clock: Clock, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        rng: random.Random | None = None,
+        registry: Registry | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
         self.rng = rng or random.Random()
+        # Which backends radio URLs may name: tests add in-process ones (spinel+loop://).
+        self.registry = registry or default_registry()
         self.radio: Transceiver | None = None
         self.radio_info: RadioInfo | None = None
         self.stack: MeshStack | None = None
@@ -92,7 +100,7 @@ class Agent:
 
     async def _open_radio(self) -> tuple[Transceiver, RadioInfo]:
         cfg = self.config.radio
-        radio = open_radio(cfg.url)
+        radio = self.registry.open_url(cfg.url)
         info = await radio.open()
         await radio.set_channel(cfg.channel)
         await radio.set_tx_power(cfg.tx_power_dbm)
