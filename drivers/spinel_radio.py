@@ -1,7 +1,8 @@
 """The Spinel backend of :class:`~drivers.transceiver.Transceiver`: a host for an RCP board.
 
-Runs over any async byte transport (UART, spawned PTY, later SPI) with HDLC-lite framing. One
-reader task decodes everything the board sends: replies are matched to requests by TID (1..15),
+Runs over any frame-level link (:class:`~drivers.framing.FrameTransport`): HDLC-lite over a byte
+stream for UART and PTY, raw frames behind SPI transfer headers for SPI. One reader task decodes
+everything the board sends: replies are matched to requests by TID (1..15),
 unsolicited STREAM_RAW frames go to a bounded receive queue, and an unsolicited RESET_* status is
 treated as the board rebooting behind our back, so the settings the mesh relies on (PHY enabled,
 channel, TX power, raw stream) are re-applied without the caller noticing.
@@ -13,9 +14,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
-from drivers.hdlc import HdlcDecoder, HdlcError, hdlc_encode
+from drivers.framing import (
+    ByteTransport,
+    FrameTransport,
+    FramingError,
+    as_frame_transport,
+)
 from drivers.spinel import (
     NOISE_FLOOR_UNKNOWN,
     TID_MAX,
@@ -54,27 +59,15 @@ log = logging.getLogger(__name__)
 MAX_PSDU = 2047  # 802.15.4g SUN PHYs; an OpenThread RCP itself refuses more than 127
 
 
-class ByteTransport(Protocol):
-    """What the Spinel host needs from a link to the board."""
-
-    async def open(self) -> None: ...
-
-    async def read(self) -> bytes:
-        """Some received bytes (at least one); raises RadioError when the link is gone."""
-        ...
-
-    async def write(self, data: bytes) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def wait_closed(self) -> None: ...
+__all__ = ["ByteTransport", "FrameTransport", "SpinelStats", "SpinelTransceiver"]
 
 
 @dataclass
 class SpinelStats:
     """Counters a diag API can show; every dropped or odd input is counted somewhere here."""
 
-    hdlc_errors: int = 0
+    framing_errors: int = 0  # any framing (HDLC or SPI) error
+    hdlc_errors: int = 0  # the HDLC-lite share of framing_errors
     spinel_errors: int = 0
     unmatched_replies: int = 0
     unexpected_resets: int = 0
@@ -98,11 +91,13 @@ class _Scan:
 
 
 class SpinelTransceiver(Transceiver):
-    """An RCP spoken to in Spinel. ``open()`` resets the board and learns what it is."""
+    """An RCP spoken to in Spinel. ``open()`` resets the board and learns what it is.
+
+    ``transport`` is a frame link, or a byte link (UART, PTY) which gets HDLC-lite framing."""
 
     def __init__(
         self,
-        transport: ByteTransport,
+        transport: FrameTransport | ByteTransport,
         *,
         name: str = "radio",
         request_timeout: float = 1.0,
@@ -116,12 +111,12 @@ class SpinelTransceiver(Transceiver):
         self.stats = SpinelStats()
         self.info: RadioInfo | None = None
         self._transport = transport
+        self._link = as_frame_transport(transport)
         self._request_timeout = request_timeout
         self._retries = retries
         self._reset_timeout = reset_timeout
         self._tx_timeout = tx_timeout
         self._on_reset = on_reset
-        self._decoder = HdlcDecoder()
         self._pending: dict[int, _Pending] = {}
         self._tids = asyncio.Semaphore(TID_MAX)
         self._last_tid = 0
@@ -145,7 +140,7 @@ class SpinelTransceiver(Transceiver):
         if self._opened:
             raise RadioError(f"{self.name}: already open")
         self._opened = True
-        await self._transport.open()
+        await self._link.open()
         self._reader = asyncio.create_task(self._read_loop(), name=f"{self.name}-spinel-reader")
         try:
             await self._reset_board()
@@ -181,9 +176,9 @@ class SpinelTransceiver(Transceiver):
             if tasks:
                 await asyncio.wait(tasks)
         finally:
-            self._transport.close()
+            self._link.close()
             self._fail(RadioError(f"{self.name}: radio closed"))
-            await self._transport.wait_closed()
+            await self._link.wait_closed()
 
     async def _reset_board(self) -> None:
         for attempt in range(self._retries + 1):
@@ -378,7 +373,7 @@ class SpinelTransceiver(Transceiver):
 
     async def _send(self, spinel_frame: bytes) -> None:
         async with self._write_lock:
-            await self._transport.write(hdlc_encode(spinel_frame))
+            await self._link.send_frame(spinel_frame)
 
     def _check_failure(self) -> None:
         if self._failure is not None:
@@ -402,17 +397,18 @@ class SpinelTransceiver(Transceiver):
     async def _read_loop(self) -> None:
         try:
             while True:
-                data = await self._transport.read()
-                for item in self._decoder.feed(data):
-                    if isinstance(item, HdlcError):
+                item = await self._link.recv_frame()
+                if isinstance(item, FramingError):
+                    self.stats.framing_errors += 1
+                    if item.kind == "hdlc":
                         self.stats.hdlc_errors += 1
-                        log.warning("%s: %s: %s", self.name, item, item.data.hex())
-                        continue
-                    try:
-                        self._dispatch(decode_frame(item))
-                    except SpinelError as exc:
-                        self.stats.spinel_errors += 1
-                        log.warning("%s: bad Spinel frame %s: %s", self.name, item.hex(), exc)
+                    log.warning("%s: %s: %s", self.name, item, item.data.hex())
+                    continue
+                try:
+                    self._dispatch(decode_frame(item))
+                except SpinelError as exc:
+                    self.stats.spinel_errors += 1
+                    log.warning("%s: bad Spinel frame %s: %s", self.name, item.hex(), exc)
         except RadioError as exc:
             self._fail(exc)
         except Exception as exc:  # a bug here must not leave requests hanging forever

@@ -1,11 +1,14 @@
 """A virtual RCP: the Spinel server side of a radio co-processor, on the simulated RF medium.
 
-:class:`VirtualRcp` is sans-IO: bytes from the host go in through :meth:`VirtualRcp.feed`, HDLC
-frames for the host come out of :meth:`VirtualRcp.take_output` (an output listener is told when
-frames heard on the air produce output between feeds). It answers like OpenThread's RCP does —
-the same properties, the same STREAM_RAW layouts, the same reset notification — so any host that
-follows the Spinel draft, our driver included, can drive it. :func:`serve_pty` is the thin I/O
-edge that serves it on a pseudo-terminal.
+:class:`VirtualRcp` is sans-IO and framing-neutral at its core: one Spinel frame from the host goes
+in through :meth:`VirtualRcp.handle_frame`, Spinel frames for the host come out of
+:meth:`VirtualRcp.take_frame` (an output listener is told whenever output is queued, e.g. when a
+frame heard on the air produces output between requests). The SPI slave emulation
+(``hil.spidev_emu``) sits on that level. For UART-style links the HDLC-lite edge is built in:
+bytes go in through :meth:`VirtualRcp.feed` and come out of :meth:`VirtualRcp.take_output`.
+It answers like OpenThread's RCP does — the same properties, the same STREAM_RAW layouts, the
+same reset notification — so any host that follows the Spinel draft, our driver included, can
+drive it. :func:`serve_pty` is the thin I/O edge that serves it on a pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import random
 import struct
 import tty
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,6 +58,12 @@ DEFAULT_NCP_VERSION = "wisun-gw-virtual-rcp/0.1; SIM; spinel-4.3"
 DEFAULT_CHANNELS = tuple(range(129))
 MAX_PSDU = 2047
 OUTPUT_LIMIT = 1 << 20  # bytes held for a host that is not reading; older output is dropped
+
+
+class RawLineBytes(bytes):
+    """Bytes injected on the line to the host as they are (noise), not a Spinel frame."""
+
+
 FCS_LEN = 2
 
 
@@ -205,7 +215,8 @@ class VirtualRcp:
         self._boot_channel = channel
         self._boot_tx_power = tx_power_dbm
         self._decoder = HdlcDecoder()
-        self._out = bytearray()
+        self._out: deque[bytes] = deque()  # Spinel frames, or RawLineBytes
+        self._out_bytes = 0
         self._listener: Callable[[], None] | None = None
         #: Fault injection: this many next transmissions fail channel access (CCA_FAILURE).
         self.cca_failures_to_inject = 0
@@ -222,35 +233,56 @@ class VirtualRcp:
         self.scan_mask: list[int] = []
         self.scan_period_ms = 0
 
-    # --- host side: bytes in, bytes out --------------------------------------------------------
+    # --- host side: frames in, frames out (any framing); HDLC bytes for UART-style links -------
 
     def set_output_listener(self, listener: Callable[[], None] | None) -> None:
-        """Called whenever output is queued (the edge then drains :meth:`take_output`)."""
+        """Called whenever output is queued (the edge then drains :meth:`take_frame` or
+        :meth:`take_output`)."""
         self._listener = listener
 
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def take_frame(self) -> bytes | None:
+        """The next Spinel frame for the host (or injected raw bytes, a :class:`RawLineBytes`),
+        or None when nothing is queued."""
+        if not self._out:
+            return None
+        item = self._out.popleft()
+        self._out_bytes -= len(item)
+        return item
+
     def take_output(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        """Everything queued, as HDLC-lite bytes (raw injections go out as they are)."""
+        out = bytearray()
+        while (item := self.take_frame()) is not None:
+            out += item if isinstance(item, RawLineBytes) else hdlc_encode(item)
+        return bytes(out)
 
     def feed(self, data: bytes) -> None:
-        """Bytes from the host. Malformed input is counted and logged, never raised."""
+        """HDLC-lite bytes from the host. Malformed input is counted and logged, never raised."""
         for item in self._decoder.feed(data):
             if isinstance(item, HdlcError):
                 self.counters.hdlc_errors += 1
                 log.warning("virtual RCP: %s: %s", item, item.data.hex())
                 continue
-            try:
-                frame = decode_frame(item)
-            except SpinelError as exc:
-                self.counters.spinel_errors += 1
-                log.warning("virtual RCP: bad Spinel frame %s: %s", item.hex(), exc)
-                continue
-            self._handle(frame)
+            self.handle_frame(item)
+
+    def handle_frame(self, frame: bytes) -> None:
+        """One Spinel frame from the host, however it was framed on the wire. A frame that is
+        not Spinel is counted and logged, never raised."""
+        try:
+            decoded = decode_frame(frame)
+        except SpinelError as exc:
+            self.counters.spinel_errors += 1
+            log.warning("virtual RCP: bad Spinel frame %s: %s", frame.hex(), exc)
+            return
+        self._handle(decoded)
 
     def inject_to_host(self, raw: bytes) -> None:
-        """Put raw bytes on the line to the host (line noise, fault injection)."""
-        self._emit_raw(raw)
+        """Put raw bytes on the line to the host (line noise, fault injection). Over SPI they
+        arrive as one (undecodable) frame."""
+        self._queue(RawLineBytes(raw))
 
     def reboot(self, reason: Status = Status.RESET_POWER_ON) -> None:
         """Reset as a board does: settings back to boot values, then the reset notification."""
@@ -260,17 +292,18 @@ class VirtualRcp:
         self.medium.set_tx_power(self, self.tx_power_dbm)
         self._send(0, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, pack_uint(reason))
 
-    def _emit_raw(self, raw: bytes) -> None:
-        self._out += raw
-        if len(self._out) > OUTPUT_LIMIT:
-            excess = len(self._out) - OUTPUT_LIMIT
-            del self._out[:excess]
-            self.counters.output_dropped_bytes += excess
+    def _queue(self, item: bytes) -> None:
+        self._out.append(item)
+        self._out_bytes += len(item)
+        while self._out_bytes > OUTPUT_LIMIT and len(self._out) > 1:
+            dropped = self._out.popleft()
+            self._out_bytes -= len(dropped)
+            self.counters.output_dropped_bytes += len(dropped)
         if self._listener is not None:
             self._listener()
 
     def _send(self, tid: int, command: int, prop: int | None, payload: bytes = b"") -> None:
-        self._emit_raw(hdlc_encode(encode(tid, command, prop, payload)))
+        self._queue(encode(tid, command, prop, payload))
 
     def _status(self, tid: int, status: int) -> None:
         self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, pack_uint(status))
