@@ -134,6 +134,11 @@ class SpinelTransceiver(Transceiver):
         self._tx_power: int | None = None
         self._raw_stream = False
 
+    @property
+    def transport(self) -> FrameTransport | ByteTransport:
+        """The link this host was built on (its own stats, e.g. ``SpiTransport.stats``)."""
+        return self._transport
+
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> RadioInfo:

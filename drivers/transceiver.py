@@ -99,7 +99,13 @@ class Registry:
         self._factories: dict[str, BackendFactory] = {}
 
     def register(self, scheme: str, factory: BackendFactory) -> None:
+        """Add or replace the backend for ``scheme`` (a wrapper can delegate to the old one,
+        see :meth:`factory`)."""
         self._factories[scheme] = factory
+
+    def factory(self, scheme: str) -> BackendFactory | None:
+        """The backend registered for ``scheme``, if any."""
+        return self._factories.get(scheme)
 
     def schemes(self) -> list[str]:
         return sorted(self._factories)

@@ -27,9 +27,9 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
 
 
 def test_registry_schemes() -> None:
-    assert default_registry().schemes() == ["spinel+pty", "spinel+uart"]
-    with pytest.raises(RadioError, match=re.escape("unknown radio URL scheme 'spinel+spi'")):
-        open_radio("spinel+spi:///dev/spidev0.0")
+    assert default_registry().schemes() == ["spinel+pty", "spinel+spi", "spinel+uart"]
+    with pytest.raises(RadioError, match=re.escape("unknown radio URL scheme 'spinel+i2c'")):
+        open_radio("spinel+i2c:///dev/i2c-1")
 
 
 def test_query_becomes_child_options() -> None:
