@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.pcap import PcapWriter
+from drivers.reconnect import ReconnectingTransceiver
 from drivers.transceiver import RadioError, Transceiver, TxResult, TxStatus
 from firmware_agent.clock import Clock
 from firmware_agent.mesh import frames, ipv6, lowpan
@@ -31,6 +32,9 @@ class MeshStats:
     rx_dropped: int = 0
     rx_duplicates: int = 0
     datagrams_rx: int = 0
+    rx_radio_errors: int = 0  # receive() failed: the radio was down (counted per failed call)
+    tx_radio_errors: int = 0  # send_udp failed because the radio was down or refused the frame
+    radio_outages: int = 0  # times the receive loop found the radio down and waited for it
 
 
 class MeshStack:
@@ -46,6 +50,7 @@ class MeshStack:
         channel: int = 0,
         max_frame_retries: int = 3,
         capture: PcapWriter | None = None,
+        radio_retry_s: float = 1.0,
     ) -> None:
         self.radio = radio
         self.hwaddr = hwaddr
@@ -54,6 +59,9 @@ class MeshStack:
         self.channel = channel
         self.max_frame_retries = max_frame_retries
         self.capture = capture
+        # How long the receive loop waits before asking a radio that cannot tell when it is
+        # back (one that is not a ReconnectingTransceiver) again.
+        self.radio_retry_s = radio_retry_s
         self.neighbours = NeighbourTable()
         self.stats = MeshStats()
         self._seq = 0
@@ -83,7 +91,13 @@ class MeshStack:
             while attempts <= self.max_frame_retries:
                 attempts += 1
                 self._capture(psdu)
-                result = await self.radio.transmit(psdu)
+                try:
+                    result = await self.radio.transmit(psdu)
+                except RadioError:
+                    # Not retried here: while the radio reconnects every attempt would fail the
+                    # same way, and the caller (a meter read) counts it as a failed read.
+                    self.stats.tx_radio_errors += 1
+                    raise
                 self.stats.frames_tx += 1
                 if result.status in (TxStatus.ACKED, TxStatus.SENT):
                     break
@@ -95,9 +109,23 @@ class MeshStack:
         return result
 
     async def run(self) -> None:
-        """Receive frames until cancelled; nothing a neighbour sends can stop this loop."""
+        """Receive frames until cancelled; nothing a neighbour sends can stop this loop, and a
+        radio outage only pauses it. Ends (raising RadioError) only if the radio is closed."""
+        down = False
         while True:
-            rx = await self.radio.receive()
+            try:
+                rx = await self.radio.receive()
+            except RadioError as exc:
+                self.stats.rx_radio_errors += 1
+                if not down:
+                    down = True
+                    self.stats.radio_outages += 1
+                    log.warning("radio down, mesh receive paused: %s", exc)
+                await self._wait_for_radio()
+                continue
+            if down:
+                down = False
+                log.info("radio back, mesh receiving again")
             if rx is None:
                 continue
             self.stats.frames_rx += 1
@@ -107,6 +135,14 @@ class MeshStack:
             except (frames.FrameError, lowpan.LowpanError, ipv6.PacketError) as exc:
                 self.stats.rx_dropped += 1
                 log.warning("dropped frame: %s; hex=%s", exc, rx.psdu.hex())
+
+    async def _wait_for_radio(self) -> None:
+        """Wait until the radio may work again: a reconnecting radio says when it is back (and
+        raises if it was closed instead); any other radio is asked again after a pause."""
+        if isinstance(self.radio, ReconnectingTransceiver):
+            await self.radio.wait_open()
+        else:
+            await asyncio.sleep(self.radio_retry_s)
 
     def _on_frame(self, psdu: bytes, rssi: int, lqi: int, channel: int) -> None:
         frame = frames.decode(psdu)
