@@ -12,8 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.pcap import PcapWriter
-from drivers.reconnect import ReconnectingTransceiver
+from drivers.reconnect import ReconnectingTransceiver, find_layer
 from drivers.transceiver import RadioError, Transceiver, TxResult, TxStatus
 from firmware_agent.clock import Clock
 from firmware_agent.mesh import frames, ipv6, lowpan
@@ -49,7 +48,6 @@ class MeshStack:
         pan_id: int = 0xABCD,
         channel: int = 0,
         max_frame_retries: int = 3,
-        capture: PcapWriter | None = None,
         radio_retry_s: float = 1.0,
     ) -> None:
         self.radio = radio
@@ -58,9 +56,8 @@ class MeshStack:
         self.pan_id = pan_id
         self.channel = channel
         self.max_frame_retries = max_frame_retries
-        self.capture = capture
         # How long the receive loop waits before asking a radio that cannot tell when it is
-        # back (one that is not a ReconnectingTransceiver) again.
+        # back (one with no ReconnectingTransceiver layer) again.
         self.radio_retry_s = radio_retry_s
         self.neighbours = NeighbourTable()
         self.stats = MeshStats()
@@ -90,7 +87,6 @@ class MeshStack:
             attempts = 0
             while attempts <= self.max_frame_retries:
                 attempts += 1
-                self._capture(psdu)
                 try:
                     result = await self.radio.transmit(psdu)
                 except RadioError:
@@ -104,8 +100,6 @@ class MeshStack:
             else:
                 self.stats.tx_no_ack += 1
             self.neighbours.transmitted(dst_mac, attempts, result.status == TxStatus.ACKED)
-            if result.ack_psdu:
-                self._capture(result.ack_psdu)
         return result
 
     async def run(self) -> None:
@@ -129,7 +123,6 @@ class MeshStack:
             if rx is None:
                 continue
             self.stats.frames_rx += 1
-            self._capture(rx.psdu)
             try:
                 self._on_frame(rx.psdu, rx.rssi_dbm, rx.lqi, rx.channel)
             except (frames.FrameError, lowpan.LowpanError, ipv6.PacketError) as exc:
@@ -139,8 +132,9 @@ class MeshStack:
     async def _wait_for_radio(self) -> None:
         """Wait until the radio may work again: a reconnecting radio says when it is back (and
         raises if it was closed instead); any other radio is asked again after a pause."""
-        if isinstance(self.radio, ReconnectingTransceiver):
-            await self.radio.wait_open()
+        reconnecting = find_layer(self.radio, ReconnectingTransceiver)
+        if reconnecting is not None:
+            await reconnecting.wait_open()
         else:
             await asyncio.sleep(self.radio_retry_s)
 
@@ -182,10 +176,6 @@ class MeshStack:
             except RadioError as exc:
                 log.warning("noise-floor sample failed: %s", exc)
             await asyncio.sleep(interval_s)
-
-    def _capture(self, psdu: bytes) -> None:
-        if self.capture is not None:
-            self.capture.write(self.clock.now(), psdu)
 
 
 class MeshDatagramLink:
