@@ -39,6 +39,7 @@ from drivers.transceiver import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R", bound=Transceiver)
 State = Literal["open", "reconnecting", "closed"]
 Sleep = Callable[[float], Awaitable[None]]
 RadioFactory = Callable[[], Transceiver]
@@ -48,6 +49,21 @@ RadioFactory = Callable[[], Transceiver]
 LOST_AFTER_TIMEOUTS = 3
 RX_QUEUE_SIZE = 1024
 RECENT_EVENTS = 32
+
+
+def find_layer(radio: Transceiver, kind: type[R]) -> R | None:
+    """The first layer of type ``kind`` in a stack of wrappers (each exposing the radio it wraps
+    as ``.inner``, as CapturingTransceiver and this module's wrapper do), or None. Lets the mesh
+    find the reconnecting layer under a capture, and this wrapper find the Spinel driver under
+    one, whatever order the agent stacks them in."""
+    layer: object = radio
+    for _ in range(16):  # wrappers do not nest deeper; a cycle must not hang us
+        if isinstance(layer, kind):
+            return layer
+        layer = getattr(layer, "inner", None)
+        if layer is None:
+            return None
+    return None
 
 
 class RadioReconnecting(RadioError):
@@ -231,15 +247,16 @@ class ReconnectingTransceiver(Transceiver):
         self._inner = inner
         self.info = info
         self._timeouts = 0
-        if isinstance(inner, SpinelTransceiver):
-            self._watch_resets(inner)
+        spinel = find_layer(inner, SpinelTransceiver)
+        if spinel is not None:
+            self._watch_resets(inner, spinel)
         self._pump = asyncio.create_task(self._pump_frames(inner), name=f"{self.name}-rx-pump")
         self._set_state("open")
 
-    def _watch_resets(self, inner: SpinelTransceiver) -> None:
+    def _watch_resets(self, inner: Transceiver, spinel: SpinelTransceiver) -> None:
         """Chain into the Spinel driver's unsolicited-reset callback (a constructor argument
         there, so a radio made from a URL has none of its own unless the factory gave one)."""
-        previous = inner._on_reset
+        previous = spinel._on_reset
 
         def on_reset(status: int) -> None:
             if previous is not None:
@@ -247,7 +264,7 @@ class ReconnectingTransceiver(Transceiver):
             if inner is self._inner:
                 self._on_board_reset(status)
 
-        inner._on_reset = on_reset
+        spinel._on_reset = on_reset
 
     def _on_board_reset(self, status: int) -> None:
         reason = status_name(status)

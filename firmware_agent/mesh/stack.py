@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from drivers.reconnect import ReconnectingTransceiver
+from drivers.reconnect import ReconnectingTransceiver, find_layer
 from drivers.transceiver import RadioError, Transceiver, TxResult, TxStatus
 from firmware_agent.clock import Clock
 from firmware_agent.mesh import frames, ipv6, lowpan
@@ -57,7 +57,7 @@ class MeshStack:
         self.channel = channel
         self.max_frame_retries = max_frame_retries
         # How long the receive loop waits before asking a radio that cannot tell when it is
-        # back (one that is not a ReconnectingTransceiver) again.
+        # back (one with no ReconnectingTransceiver layer) again.
         self.radio_retry_s = radio_retry_s
         self.neighbours = NeighbourTable()
         self.stats = MeshStats()
@@ -132,8 +132,9 @@ class MeshStack:
     async def _wait_for_radio(self) -> None:
         """Wait until the radio may work again: a reconnecting radio says when it is back (and
         raises if it was closed instead); any other radio is asked again after a pause."""
-        if isinstance(self.radio, ReconnectingTransceiver):
-            await self.radio.wait_open()
+        reconnecting = find_layer(self.radio, ReconnectingTransceiver)
+        if reconnecting is not None:
+            await reconnecting.wait_open()
         else:
             await asyncio.sleep(self.radio_retry_s)
 

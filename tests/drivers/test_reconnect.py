@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from drivers import open_radio
+from drivers.capture import CapturingTransceiver
+from drivers.pcap import PcapWriter
 from drivers.reconnect import (
     Backoff,
     RadioEvent,
     RadioEventKind,
     RadioReconnecting,
     ReconnectingTransceiver,
+    find_layer,
 )
-from drivers.spinel import Prop
+from drivers.spinel import Prop, Status
 from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import RadioError, RadioTimeout, Transceiver, TxStatus
 from firmware_agent.clock import ManualClock
@@ -327,6 +331,41 @@ def test_unsolicited_board_reset_is_reported_and_radio_stays_open() -> None:
             assert radio.stats.links_lost == 0
             board.meter_sends(5)
             assert await radio.receive(timeout=2) is not None
+
+    run(go)
+
+
+def test_resets_are_seen_through_a_capture_layer_inside_the_factory() -> None:
+    async def go() -> None:
+        plain, recorder = Factory(), Recorder()
+        plain.board = board = await Board(GW_A).start()
+        sink = PcapWriter(io.BytesIO())
+
+        def captured() -> Transceiver:
+            return CapturingTransceiver(plain(), sink, ManualClock())
+
+        radio = ReconnectingTransceiver(captured, sleep=recorder.sleep, listener=recorder.listen)
+        await radio.open()
+        try:
+            await radio.set_channel(9)
+            board.rcp.reboot(Status.RESET_WATCHDOG)
+            event = await recorder.wait_for(RadioEventKind.RESET)
+            assert event.reason == "RESET_WATCHDOG"
+            assert find_layer(radio, ReconnectingTransceiver) is radio
+            assert isinstance(find_layer(radio, CapturingTransceiver), CapturingTransceiver)
+            spinel = find_layer(radio, SpinelTransceiver)
+            assert spinel is not None and spinel.stats.unexpected_resets == 1
+            assert find_layer(spinel, ReconnectingTransceiver) is None
+            await spinel.wait_recovered()  # channel 9 is back on the board
+            board.meter_sends(3)  # raw stream off: the host hears nothing
+            await radio.enable_raw_stream()
+            board.meter_sends(4)
+            rx = await radio.receive(timeout=2)
+            assert rx is not None and frames.decode(rx.psdu).seq == 4
+            assert sink.records >= 1  # the capture layer saw the frame on its way up
+        finally:
+            await radio.close()
+            await board.pull_plug()
 
     run(go)
 

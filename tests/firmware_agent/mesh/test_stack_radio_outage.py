@@ -7,12 +7,15 @@ fails at once with an error that says so (the collector counts it as a failed re
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from drivers import open_radio
+from drivers.capture import CapturingTransceiver
+from drivers.pcap import PcapWriter
 from drivers.reconnect import Backoff, RadioReconnecting, ReconnectingTransceiver
 from drivers.transceiver import RadioError, Transceiver
 from firmware_agent.clock import ManualClock
@@ -99,7 +102,9 @@ def test_receive_loop_waits_through_a_reconnect_and_delivers_again() -> None:
             backoff=Backoff(min_s=0.05, max_s=0.2),
             rng=random.Random(1),
         )
-        stack = await set_up(radio)
+        # The agent may stack a capture on top: the loop still finds the reconnecting layer.
+        sink = PcapWriter(io.BytesIO())
+        stack = await set_up(CapturingTransceiver(radio, sink, ManualClock()))
         got: list[bytes] = []
         stack.bind(4059, lambda src, dgram: got.append(dgram.payload))
         loop = asyncio.create_task(stack.run())
@@ -123,6 +128,7 @@ def test_receive_loop_waits_through_a_reconnect_and_delivers_again() -> None:
             await until(lambda: got == [b"before", b"after"])
             assert stack.stats.datagrams_rx == 2
             assert current.rcp.channel == CHANNEL and current.rcp.raw_stream
+            assert sink.records >= 2  # both boards' frames went into the one capture
         finally:
             loop.cancel()
             await asyncio.wait([loop])
