@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import os
 import sys
 from collections import Counter
 from importlib import metadata
@@ -41,6 +43,23 @@ def _duration(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def _pcap(text: str) -> Path:
+    """An output file whose directory exists (checked here so a typo fails before start-up)."""
+    path = Path(os.path.normpath(Path(text).absolute()))
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"directory {path.parent} does not exist")
+    return path
+
+
+def with_pcap(config: Config, pcap: Path | None) -> Config:
+    """``config`` with ``radio.capture_file`` replaced by ``--pcap`` (unchanged when not given)."""
+    if pcap is None:
+        return config
+    return dataclasses.replace(config, radio=dataclasses.replace(config.radio, capture_file=pcap))
 
 
 def _level(text: str) -> str:
@@ -87,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop cleanly after this many seconds (default: run until stopped)",
     )
+    run.add_argument(
+        "--pcap",
+        type=_pcap,
+        default=None,
+        metavar="FILE",
+        help="write every radio frame to this pcap file (overrides radio.capture_file)",
+    )
     return parser
 
 
@@ -125,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as error:
         return _config_failure(args.config, error)
+    config = with_pcap(config, args.pcap)
     try:
         # Imported here so check-config and config errors never depend on the agent stack.
         from firmware_agent.agent import run_agent

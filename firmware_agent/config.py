@@ -261,6 +261,17 @@ def readable_file(value: Any, _: Mapping[str, Any]) -> None:
         raise InvalidValue(f"{path} is not readable by this user (uid {os.getuid()})")
 
 
+def output_file(value: Any, _: Mapping[str, Any]) -> None:
+    """A file the agent will create: its directory must exist, and it must not be a directory."""
+    if value is None:  # an optional output written as ``key: null``: none
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise InvalidValue(f"{path} is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise InvalidValue(f"directory {path.parent} does not exist")
+
+
 def private_file(value: Any, _: Mapping[str, Any]) -> None:
     """A private key must not be readable by anyone but its owner (security: exit code 3)."""
     mode = stat.S_IMODE(Path(value).stat().st_mode)
@@ -288,6 +299,10 @@ class RadioConfig:
     channel: int = field(default=0, metadata=rules(in_range(0, 128)))
     tx_power_dbm: int = field(default=14, metadata=rules(in_range(-40, 40)))
     noise_sample_interval_s: float = field(default=10.0, metadata=rules(positive))
+    # pcap of every frame the radio sends and receives (drivers.capture); None: no capture.
+    capture_file: Path | None = field(default=None, metadata=rules(output_file))
+    capture_format: str = field(default="wpan", metadata=rules(one_of("wpan", "tap")))
+    capture_max_bytes: int = field(default=64 * 1024 * 1024, metadata=rules(in_range(24, 2**40)))
 
 
 @dataclass(frozen=True)
