@@ -9,8 +9,9 @@ or when the data-ready line says the slave has something; otherwise it waits on 
 and the GPIO wait — runs in this transport's own worker threads (``run_in_executor``), so the
 agent's event loop never blocks on the bus.
 
-A header with a bad pattern is retried every 10 ms; after 200 in a row the link is declared
-failed (the Spinel draft's advice). Our pending frame stays queued across retries.
+A slave header with a bad pattern (or otherwise invalid: all 00/FF, lengths beyond the limit) is
+retried every 10 ms; after 200 in a row the link is declared failed (the Spinel draft's advice).
+Our pending frame stays queued across retries.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from drivers.spi_frame import (
     MAX_ALIGN,
     MAX_FRAME,
     SMALL_PACKET,
-    SpiBadPattern,
     SpiHost,
     SpiTransferResult,
 )
@@ -64,7 +64,7 @@ class SpiStats:
     frames_tx: int = 0
     frames_rx: int = 0
     refused: int = 0  # our frame did not fit the slave's accept length: sent again
-    bad_patterns: int = 0
+    bad_headers: int = 0  # invalid slave headers (bad pattern, unresponsive, over-long): retried
     framing_errors: int = 0
     slave_resets: int = 0
     crc_resends: int = 0
@@ -196,6 +196,7 @@ class SpiTransport:
         self._wake = asyncio.Event()
         self._pump: asyncio.Task[None] | None = None
         self._error: RadioError | None = None
+        self._closed = False
 
     # --- FrameTransport --------------------------------------------------------------------------
 
@@ -244,6 +245,9 @@ class SpiTransport:
         return item
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._pump is not None:
             self._pump.cancel()
             self._pump = None
@@ -289,8 +293,8 @@ class SpiTransport:
                     await self._idle()
                 head = self._tx[0] if self._tx else None
                 result = await self._transfer(head[0] if head is not None else None)
-                if isinstance(result.error, SpiBadPattern):
-                    self.stats.bad_patterns += 1
+                if not result.header_valid:
+                    self.stats.bad_headers += 1
                     self.stats.framing_errors += 1
                     bad_in_a_row += 1
                     if bad_in_a_row >= self._bad_pattern_retries:

@@ -168,6 +168,7 @@ class SpiTransferResult:
     previous_rejected: bool = False  # CCF: the frame we sent last time failed the slave's CRC
     slave_pending: int = 0  # the slave has this many bytes waiting for a bigger transfer
     error: SpiFrameError | None = None  # the slave half was not a valid frame
+    header_valid: bool = True  # False: nothing of this transfer counts; retry after a pause
 
 
 class SpiHost:
@@ -221,7 +222,7 @@ class SpiHost:
             header = decode_header(rx[skip:], self.max_frame)
         except SpiFrameError as exc:
             self._slave_data_len = 0
-            return SpiTransferResult(error=exc)
+            return SpiTransferResult(error=exc, header_valid=False)
         self.valid_headers += 1
         both_crc = tx.crc and header.crc
         tx_accepted = tx.data_len > 0 and tx.data_len <= header.accept_len

@@ -243,7 +243,7 @@ def test_garbage_from_the_board_is_counted_and_survived(kind: str) -> None:
                 assert await b.radio.sample_rssi() < -100
                 transport = b.radio.transport
                 assert isinstance(transport, SpiTransport)
-                assert transport.stats.bad_patterns == 5
+                assert transport.stats.bad_headers == 5
                 assert b.radio.stats.spinel_errors == 1
             else:
                 bad = bytearray(hdlc_encode(bytes.fromhex("80060072")))

@@ -135,7 +135,7 @@ def test_bad_pattern_is_retried_then_the_link_fails_after_200() -> None:
             assert isinstance(transport, SpiTransport)
             dev.garbage_transfers = 199
             assert await radio.sample_rssi() < -100  # 199 retries, then through
-            assert transport.stats.bad_patterns == 199
+            assert transport.stats.bad_headers == 199
             dev.garbage_transfers = 10_000
             with pytest.raises(RadioError, match="200 transfers in a row with a bad header"):
                 await radio.sample_rssi()

@@ -106,6 +106,15 @@ def test_big_slave_frame_takes_a_second_transfer_sized_for_it() -> None:
     assert host.complete(rx).frame == big
 
 
+def test_invalid_slave_header_means_nothing_of_the_transfer_counts() -> None:
+    host = SpiHost(align_allowance=0)
+    host.prepare(b"\x81\x02\x01")
+    result = host.complete(bytes.fromhex("0200000108") + bytes(40))  # announces 2049 bytes
+    assert not result.header_valid and isinstance(result.error, SpiTooLong)
+    assert not result.tx_accepted and result.frame is None
+    assert host.prepare(None)[0] & FLAG_RST  # still no valid header seen
+
+
 def test_slave_refusing_our_frame_keeps_it_pending() -> None:
     host, slave = SpiHost(align_allowance=0), SpiSlave(accept_len=2)
     tx = host.prepare(b"\x81\x02\x01")
