@@ -24,6 +24,7 @@ import contextlib
 import fnmatch
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,6 +224,13 @@ def _clean(text: str | None) -> str | None:
     return text.replace("_", " ") if text else text
 
 
+def _unescape(text: str | None) -> str | None:
+    """udev's ``*_ENC`` form (``Texas\\x20Instruments``) back to the device's own string."""
+    if not text:
+        return None
+    return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m[1], 16)), text).strip()
+
+
 def candidate_from_udev(device: UdevNode, ancestors: Sequence[UdevNode] = ()) -> BoardCandidate:
     """Build a candidate from a device's udev data; udev's own properties win over sysfs.
 
@@ -253,9 +261,11 @@ def candidate_from_udev(device: UdevNode, ancestors: Sequence[UdevNode] = ()) ->
         or props.get("ID_USB_MODEL_ID")
         or _first(dev, "idProduct"),
         vendor=props.get("ID_VENDOR_FROM_DATABASE")
+        or _unescape(props.get("ID_VENDOR_ENC"))
         or _clean(props.get("ID_VENDOR"))
         or _first(dev, "manufacturer"),
         model=props.get("ID_MODEL_FROM_DATABASE")
+        or _unescape(props.get("ID_MODEL_ENC"))
         or _clean(props.get("ID_MODEL"))
         or _first(dev, "product"),
         serial=props.get("ID_SERIAL_SHORT")

@@ -96,6 +96,8 @@ def test_xds110_has_two_ttys_and_only_if00_is_the_radio_uart() -> None:
     assert if00.serial == if03.serial == XDS_SERIAL
     assert (if00.interface_num, if03.interface_num) == ("00", "03")
     assert if00.driver == if03.driver == "cdc_acm"
+    assert if00.vendor == "Texas Instruments, Inc."  # hwdb name first
+    assert if00.model == "XDS110 (03.00.00.26) Embed with CMSIS-DAP"  # ID_MODEL_ENC unescaped
     assert if00.known_radio() is not None
     assert if03.known_radio() is None
 
