@@ -14,6 +14,9 @@ import signal
 from dataclasses import dataclass, field
 
 from drivers import default_registry
+from drivers.capture import CapturingTransceiver
+from drivers.pcap import PcapWriter
+from drivers.reconnect import RadioEvent, RadioEventKind, ReconnectingTransceiver
 from drivers.transceiver import RadioError, RadioInfo, Registry, Transceiver
 from firmware_agent.clock import Clock
 from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
@@ -72,6 +75,7 @@ class Agent:
         # Which backends radio URLs may name: tests add in-process ones (spinel+loop://).
         self.registry = registry or default_registry()
         self.radio: Transceiver | None = None
+        self.capture: PcapWriter | None = None
         self.radio_info: RadioInfo | None = None
         self.stack: MeshStack | None = None
         self.mesh_links: MeshLinks | None = None
@@ -100,7 +104,21 @@ class Agent:
 
     async def _open_radio(self) -> tuple[Transceiver, RadioInfo]:
         cfg = self.config.radio
-        radio = self.registry.open_url(cfg.url)
+        # A fresh inner radio per (re)open: spinel+pty:// respawns the virtual RCP, a UART
+        # reopens its device path. The wrapper re-applies what is set below after each reopen.
+        radio: Transceiver = ReconnectingTransceiver(
+            lambda: self.registry.open_url(cfg.url),
+            name="radio",
+            rng=self.rng,
+            listener=self._on_radio_event,
+        )
+        if cfg.capture_file is not None:
+            # Outermost, so one capture file spans every reopen of the board.
+            self.capture = PcapWriter.open(
+                cfg.capture_file, cfg.capture_format, max_bytes=cfg.capture_max_bytes
+            )
+            radio = CapturingTransceiver(radio, self.capture, self.clock)
+            log.info("capturing radio frames to %s (%s)", cfg.capture_file, cfg.capture_format)
         info = await radio.open()
         await radio.set_channel(cfg.channel)
         await radio.set_tx_power(cfg.tx_power_dbm)
@@ -108,13 +126,25 @@ class Agent:
         log.info("radio %s open: %s, EUI-64 %s", cfg.url, info.ncp_version, info.hwaddr.hex(":"))
         return radio, info
 
+    def _on_radio_event(self, event: RadioEvent) -> None:
+        """The wrapper logs every event itself; the agent keeps its view of the board current."""
+        if event.kind is RadioEventKind.REOPENED and event.info is not None:
+            self.radio_info = event.info
+            if event.hwaddr_changed:
+                log.warning(
+                    "radio board replaced: EUI-64 now %s; meters must learn the new address",
+                    event.info.hwaddr.hex(":"),
+                )
+
     async def run(self, duration: float | None = None) -> int:
         """Run until ``stop()``, SIGTERM/SIGINT, or ``duration`` seconds. Returns an exit code."""
         cfg = self.config
         try:
             self.radio, self.radio_info = await self._open_radio()
-        except RadioError as exc:
+        except (RadioError, OSError) as exc:
             log.error("cannot open radio %s: %s", cfg.radio.url, exc)
+            if self.capture is not None:
+                self.capture.close()
             return EXIT_FAILURE
         self.stack = MeshStack(
             self.radio, self.radio_info.hwaddr, self.clock, channel=cfg.radio.channel
@@ -172,6 +202,8 @@ class Agent:
         if self.radio is not None:
             with contextlib.suppress(RadioError):
                 await self.radio.close()
+        if self.capture is not None:
+            self.capture.close()
         if self.spool is not None:
             depth = self._final_spool_depth = self.spool.depth()
             self.spool.close()

@@ -7,6 +7,7 @@ subscribes to a real mosquitto with mTLS. Nothing here reaches into the emulator
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,7 +104,8 @@ def test_readings_reach_the_head_end_and_leave_the_spool(
 ) -> None:
     config = gateway_config()
     spool_path = Path(yaml.safe_load(config.read_text())["spool"]["path"])
-    agent = run_agent(config, "--log-json")
+    pcap = config.parent / "agent.pcap"
+    agent = run_agent(config, "--log-json", "--pcap", str(pcap))
     records = wait_for_meters(headend, {m["id"] for m in meters}, timeout=60, agent=agent)
     assert agent.terminate() == 0, agent.output()[-3000:]
 
@@ -123,6 +125,23 @@ def test_readings_reach_the_head_end_and_leave_the_spool(
     assert spool_rows(spool_path) == 0
     log = [json.loads(line) for line in agent.output().splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "shutting down" for entry in log)
+
+    # --pcap captured every frame of the run, and tshark decodes all of them cleanly.
+    if shutil.which("tshark"):
+        check = subprocess.run(
+            ["tshark", "-r", str(pcap), "-Y", "_ws.malformed || _ws.expert.severity >= warning"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert check.stdout == ""
+        count = subprocess.run(
+            ["tshark", "-r", str(pcap), "-Y", "udp.port == 4059"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert len(count.stdout.splitlines()) >= 2 * len(meters)
 
 
 def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered(
