@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from drivers import default_registry
 from drivers.capture import CapturingTransceiver
+from drivers.discover import (
+    BoardAppeared,
+    BoardCandidate,
+    BoardMatch,
+    BoardWatcher,
+    DiscoveryError,
+    HotplugEvent,
+    list_boards,
+    url_with_device,
+)
 from drivers.pcap import PcapWriter
 from drivers.reconnect import RadioEvent, RadioEventKind, ReconnectingTransceiver
 from drivers.transceiver import RadioError, RadioInfo, Registry, Transceiver
@@ -57,6 +69,97 @@ class Snapshot:
 
 def eui64(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
+
+
+BoardLister = Callable[[], Sequence[BoardCandidate]]
+
+
+def matched_radio_factory(
+    url: str, match: BoardMatch, registry: Registry, boards: BoardLister = list_boards
+) -> Callable[[], Transceiver]:
+    """A radio factory that finds the board by its udev properties on every call.
+
+    A replugged board often comes back as another /dev node (the old one was still held open),
+    so the node is looked up anew at each (re)open and put into ``url`` in place of its device
+    path. No board, or several, raise :class:`~drivers.discover.NoBoardMatched` /
+    :class:`~drivers.discover.SeveralBoardsMatched` (RadioErrors naming the match and the boards
+    seen). ``boards`` is the udev enumeration; tests hand in their own list.
+    """
+
+    def open_matched() -> Transceiver:
+        device = match.select(boards()).device_node
+        log.info("radio board %s matches %s", device, match)
+        return registry.open_url(url_with_device(url, device))
+
+    return open_matched
+
+
+class HotplugWake:
+    """The reconnecting radio's ``sleep``: waits out a backoff delay, but ends it as soon as a
+    board that fits the match is plugged in, so a replug is picked up at once instead of after
+    up to the backoff's cap (30 s).
+
+    From the first sleep of an outage until the radio is reopened (:meth:`on_radio_event`) or
+    the recovery is cancelled, it holds a udev netlink watcher
+    (:class:`~drivers.discover.BoardWatcher`), so an arrival during a reopen attempt is not
+    missed either. Boards already present when the watch starts do not wake it (the backoff is
+    for those). Where udev cannot be watched (no pyudev, no netlink) it is a plain sleep.
+    """
+
+    def __init__(self, match: BoardMatch, *, watch_udev: bool = True) -> None:
+        self.match = match
+        self.watch_udev = watch_udev
+        self.wakeups = 0
+        self._appeared = asyncio.Event()
+        self._seeding = False
+        self._watcher: BoardWatcher | None = None
+
+    @property
+    def watching(self) -> bool:
+        return self._watcher is not None
+
+    def notify(self, event: HotplugEvent) -> None:
+        """A hotplug event for this match (the watcher's callback): an arrival ends the sleep."""
+        if isinstance(event, BoardAppeared) and not self._seeding:
+            self._appeared.set()
+
+    def on_radio_event(self, event: RadioEvent) -> None:
+        """The radio's listener: once it is reopened, stop watching udev."""
+        if event.kind is RadioEventKind.REOPENED:
+            self.stop_watching()
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+
+    async def sleep(self, delay: float) -> None:
+        if self.watch_udev and self._watcher is None:
+            self._watcher = self._watch()
+        try:
+            if not self._appeared.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appeared.wait(), delay)
+        except asyncio.CancelledError:  # the radio is being closed
+            self.stop_watching()
+            raise
+        if self._appeared.is_set():
+            self._appeared.clear()
+            self.wakeups += 1
+            log.info("radio board matching %s plugged in; reopening now", self.match)
+
+    def _watch(self) -> BoardWatcher | None:
+        watcher = BoardWatcher(self.match, self.notify)
+        self._seeding = True
+        try:
+            watcher.start()
+        except (DiscoveryError, OSError) as exc:
+            log.debug("no hotplug wake-up, backoff only: %s", exc)
+            watcher.close()
+            return None
+        finally:
+            self._seeding = False
+        return watcher
 
 
 class Agent:
@@ -106,11 +209,27 @@ class Agent:
         cfg = self.config.radio
         # A fresh inner radio per (re)open: spinel+pty:// respawns the virtual RCP, a UART
         # reopens its device path. The wrapper re-applies what is set below after each reopen.
+        factory: Callable[[], Transceiver] = functools.partial(self.registry.open_url, cfg.url)
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        listener: Callable[[RadioEvent], None] = self._on_radio_event
+        if cfg.match is not None:
+            # The board is found by udev properties at every (re)open, and a replug ends the
+            # backoff wait early. No board or several at first open: a RadioError, exit 1.
+            match = BoardMatch(cfg.match)
+            factory = matched_radio_factory(cfg.url, match, self.registry)
+            wake = HotplugWake(match)
+            sleep = wake.sleep
+
+            def listener(event: RadioEvent) -> None:
+                wake.on_radio_event(event)
+                self._on_radio_event(event)
+
         radio: Transceiver = ReconnectingTransceiver(
-            lambda: self.registry.open_url(cfg.url),
+            factory,
             name="radio",
             rng=self.rng,
-            listener=self._on_radio_event,
+            sleep=sleep,
+            listener=listener,
         )
         if cfg.capture_file is not None:
             # Outermost, so one capture file spans every reopen of the board.

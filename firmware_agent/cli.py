@@ -1,4 +1,4 @@
-"""The ``firmware-agent`` command: check a config, or run the agent.
+"""The ``firmware-agent`` command: check a config, run the agent, or list radio boards.
 
 Exit codes (docs/cli.md): 0 ok / clean shutdown, 1 runtime failure, 2 usage or configuration
 error, 3 refused to start for security reasons (e.g. a private key readable by others).
@@ -15,10 +15,16 @@ import sys
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
 
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import EXIT_CONFIG, EXIT_SECURITY, Config, ConfigError, load_config
 from firmware_agent.logs import LEVELS, setup_logging
+
+if TYPE_CHECKING:
+    from drivers.discover import BoardCandidate
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -88,6 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path, metavar="FILE", help="the YAML config file")
 
+    commands.add_parser(
+        "boards",
+        help="list candidate radio boards and the radio.match to paste for each",
+        description=(
+            "List the USB serial and spidev devices udev knows (candidate radio boards) and, "
+            "for each, a radio.match that picks it out, to paste into the config. Exit 0 "
+            "(also when there are none), 1 when udev cannot be read (pyudev not installed)."
+        ),
+    )
+
     run = commands.add_parser("run", help="run the agent", description="Run the gateway agent.")
     run.add_argument("--config", type=Path, required=True, metavar="FILE", help="YAML config")
     run.add_argument("--log-json", action="store_true", help="log JSON lines instead of plain")
@@ -123,8 +139,12 @@ def summary(config: Config) -> str:
     meters = f"{len(config.meters)} meter{'s' if len(config.meters) != 1 else ''}"
     if kinds:
         meters += f" ({kinds})"
+    radio = config.radio.url
+    if config.radio.match is not None:
+        pairs = ", ".join(f"{k}={v}" for k, v in config.radio.match.items())
+        radio += f" (board matching {{{pairs}}})"
     return (
-        f"gateway {config.gateway.id}, radio {config.radio.url}, "
+        f"gateway {config.gateway.id}, radio {radio}, "
         f"broker {config.uplink.broker_url}, {meters}"
     )
 
@@ -142,6 +162,35 @@ def _check_config(file: Path) -> int:
         _config_failure(file, error)
         return EXIT_CONFIG
     print(f"ok: {summary(config)}")
+    return EXIT_OK
+
+
+def _match_yaml(board: BoardCandidate, among: list[BoardCandidate]) -> str:
+    """The radio section that selects ``board``, as YAML to paste (values quoted as needed)."""
+    from drivers.discover import suggest_match
+
+    spi = board.subsystem == "spidev"
+    url = "spinel+spi://?speed_hz=1000000" if spi else "spinel+uart://?baudrate=460800"
+    section = {"radio": {"url": url, "match": suggest_match(board, among)}}
+    return yaml.safe_dump(section, sort_keys=False, default_flow_style=False)
+
+
+def _boards() -> int:
+    """List candidate radio boards with the radio.match for each; 1 when udev is unreadable."""
+    from drivers.discover import DiscoveryError, format_boards, list_boards
+
+    try:
+        boards = list_boards()
+    except DiscoveryError as error:
+        print(f"firmware-agent: cannot list radio boards: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not boards:
+        print("no radio boards found (no USB serial or spidev device is present)")
+        return EXIT_OK
+    print(format_boards(boards))
+    for board in boards:
+        print(f"\n# {board.device_node}: paste into the config (set the URL's options):")
+        print(_match_yaml(board, boards), end="")
     return EXIT_OK
 
 
@@ -182,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "check-config":
         return _check_config(args.file)
+    if args.command == "boards":
+        return _boards()
     return _run(args)
 
 

@@ -157,16 +157,45 @@ def name_like(what: str) -> Check:
     return check
 
 
-def radio_url(value: Any, _: Mapping[str, Any]) -> None:
+def radio_url(value: Any, record: Mapping[str, Any]) -> None:
     parts = urlsplit(value)
     if "://" not in value or parts.scheme not in RADIO_SCHEMES:
         schemes = ", ".join(f"{s}://" for s in RADIO_SCHEMES)
         raise InvalidValue(f"radio URL {value!r} must start with one of {schemes}")
+    if record.get("match") is not None and not parts.netloc and not parts.path:
+        return  # the device path is left out: radio.match finds the board at open time
     if parts.scheme in ("spinel+uart", "spinel+spi") and not parts.path.startswith("/dev/"):
         example = "/dev/ttyACM0" if parts.scheme == "spinel+uart" else "/dev/spidev0.0"
         raise InvalidValue(
-            f"{parts.scheme} needs a device path, e.g. {parts.scheme}://{example}, got {value!r}"
+            f"{parts.scheme} needs a device path, e.g. {parts.scheme}://{example} (or a "
+            f"radio.match that finds the board), got {value!r}"
         )
+
+
+def udev_match(value: Any, record: Mapping[str, Any]) -> None:
+    """A board picked by udev properties (drivers.discover.BoardMatch), for a UART or SPI URL.
+
+    Only the shape is checked here: whether a board matches is known at open time, so a
+    config can be checked on a machine the board is not plugged into."""
+    # Imported here: loading a config must not pull in the radio drivers (pyserial, asyncio).
+    from drivers.discover import BoardMatch, InvalidMatch, url_with_device
+
+    if value is None:
+        return
+    if not value:
+        raise InvalidValue(
+            "an empty match would take whichever board is plugged in; name at least one "
+            "udev property, e.g. ID_SERIAL_SHORT (`firmware-agent boards` prints one per board)"
+        )
+    for key, pattern in value.items():
+        try:
+            BoardMatch({key: pattern})
+        except InvalidMatch as exc:
+            raise InvalidValue(str(exc), at=(key,)) from None
+    try:
+        url_with_device(record["url"], "/dev/null")
+    except InvalidMatch as exc:
+        raise InvalidValue(str(exc)) from None
 
 
 def broker_url(value: Any, _: Mapping[str, Any]) -> None:
@@ -303,6 +332,9 @@ class RadioConfig:
     capture_file: Path | None = field(default=None, metadata=rules(output_file))
     capture_format: str = field(default="wpan", metadata=rules(one_of("wpan", "tap")))
     capture_max_bytes: int = field(default=64 * 1024 * 1024, metadata=rules(in_range(24, 2**40)))
+    # udev property -> glob (``@KEY``: on an ancestor device); when set, the device path in
+    # ``url`` is a placeholder replaced by the matched board's node at every (re)open.
+    match: dict[str, str] | None = field(default=None, metadata=rules(udev_match))
 
 
 @dataclass(frozen=True)
@@ -487,6 +519,9 @@ def _convert(at: _At, hint: Any, meta: Mapping[str, Any]) -> Any:
     origin = get_origin(hint)
     if origin is tuple:
         return _convert_list(at, get_args(hint)[0], meta)
+    if origin in (dict, Mapping):
+        key_hint, value_hint = get_args(hint)
+        return _convert_mapping(at, key_hint, value_hint)
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(hint) if a is not type(None)]
         if _scalar_tag(at.node) == "null":
@@ -594,6 +629,20 @@ def _convert_list(at: _At, item: Any, meta: Mapping[str, Any]) -> tuple[Any, ...
             expected = "a list or the path of a YAML file holding it"
         raise at.error(f"expected {expected}, got {_describe(at.node)}")
     return tuple(_convert(at.child(i, node), item, {}) for i, node in enumerate(at.node.value))
+
+
+def _convert_mapping(at: _At, key_hint: Any, value_hint: Any) -> dict[Any, Any]:
+    """A mapping with free keys (``dict[K, V]``): each key and value converted and placed."""
+    if not isinstance(at.node, MappingNode):
+        raise at.error(
+            f"expected a mapping of KEY: value ({_expected(key_hint)} to "
+            f"{_expected(value_hint)}), got {_describe(at.node)}"
+        )
+    result: dict[Any, Any] = {}
+    for name, (key_node, value_node) in _entries(at).items():
+        key = _convert(at.child(name, key_node), key_hint, {})
+        result[key] = _convert(at.child(name, value_node), value_hint, {})
+    return result
 
 
 def _convert_scalar(at: _At, hint: Any) -> Any:

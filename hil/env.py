@@ -1,17 +1,22 @@
 """HIL environment files: which target the suite runs against (emulated or real boards).
 
-An environment names the gateway's radio (a virtual RCP, or a board by URL; udev matching comes
-with the HIL issue), the meters the target has, the broker, and the features the target offers.
+An environment names the gateway's radio (a virtual RCP, a board by URL, or a board found by its
+udev properties), the meters the target has, the broker, and the features the target offers.
+A board that is not plugged in makes the target "absent": the suite skips with the reason.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import yaml
+
+if TYPE_CHECKING:  # imported when a udev radio is used: this module loads into every pytest run
+    from drivers.discover import BoardMatch
 
 DEFAULT_ENV = Path(__file__).resolve().parent.parent / "config" / "hil" / "emulated.yaml"
 
@@ -30,6 +35,8 @@ class HilEnv:
     broker_kind: str
     features: frozenset[str] = field(default_factory=frozenset)
     absent: str | None = None  # why the target cannot run here (board not connected), if so
+    # kind udev: the match that found the board (radio_url then names the node it found)
+    radio_match: Mapping[str, str] | None = None
 
 
 def _require(data: dict[str, Any], key: str, where: Path) -> Any:
@@ -55,7 +62,45 @@ def _radio_url(radio: dict[str, Any], meters_file: Path, where: Path) -> tuple[s
             else f"radio board {device} is not connected"
         )
         return url, absent
-    raise EnvError(f"{where}: gateway.radio.kind must be virtual-rcp or url, got {kind!r}")
+    if kind == "udev":
+        return _udev_radio(radio, where)
+    raise EnvError(
+        f"{where}: gateway.radio.kind must be virtual-rcp, url or udev, got {kind!r}"
+    )
+
+
+def _udev_match(radio: dict[str, Any], where: Path) -> BoardMatch:
+    from drivers.discover import BoardMatch, InvalidMatch
+
+    try:
+        return BoardMatch(_require(radio, "match", where))
+    except InvalidMatch as exc:
+        raise EnvError(f"{where}: gateway.radio.match: {exc}") from None
+
+
+def _udev_radio(radio: dict[str, Any], where: Path) -> tuple[str, str | None]:
+    """``kind: udev``: the board that fits ``match`` now, on ``transport`` (uart or spi) with
+    ``options`` as the URL's query. No such board (or no udev here): absent, with the reason."""
+    from drivers.discover import (
+        DiscoveryUnavailable,
+        NoBoardMatched,
+        SeveralBoardsMatched,
+        resolve,
+        url_with_device,
+    )
+
+    transport = radio.get("transport", "uart")
+    if transport not in ("uart", "spi"):
+        raise EnvError(f"{where}: gateway.radio.transport must be uart or spi, got {transport!r}")
+    options = {k: str(v) for k, v in (radio.get("options") or {}).items()}
+    url = f"spinel+{transport}://" + (f"?{urlencode(options)}" if options else "")
+    match = _udev_match(radio, where)
+    try:
+        return url_with_device(url, resolve(match)), None
+    except (NoBoardMatched, DiscoveryUnavailable) as exc:
+        return url, " ".join(line.strip() for line in str(exc).splitlines())
+    except SeveralBoardsMatched as exc:
+        raise EnvError(f"{where}: gateway.radio.match: {exc}") from None
 
 
 def load_env(path: Path) -> HilEnv:
@@ -69,7 +114,11 @@ def load_env(path: Path) -> HilEnv:
     meters_file = (path.parent / str(_require(data, "meters", path))).resolve()
     if not meters_file.exists():
         raise EnvError(f"{path}: meters file {meters_file} not found")
-    url, absent = _radio_url(_require(gateway, "radio", path), meters_file, path)
+    radio = _require(gateway, "radio", path)
+    if not isinstance(radio, dict):
+        raise EnvError(f"{path}: gateway.radio must be a mapping with a kind")
+    url, absent = _radio_url(radio, meters_file, path)
+    match = _udev_match(radio, path).properties if radio.get("kind") == "udev" else None
     return HilEnv(
         name=str(data.get("name", path.stem)),
         source=path,
@@ -79,4 +128,5 @@ def load_env(path: Path) -> HilEnv:
         broker_kind=str((data.get("broker") or {}).get("kind", "local-mosquitto")),
         features=frozenset(str(f) for f in data.get("features", [])),
         absent=absent,
+        radio_match=match,
     )

@@ -206,7 +206,7 @@ def test_unknown_key_suggests_close_match_and_lists_allowed(tmp_path: Path) -> N
     assert str(error) == (
         f"radio.chanel (line {line_of(text, 'chanel')}): unknown key 'chanel'; did you mean "
         "'channel'? (allowed keys: url, channel, tx_power_dbm, noise_sample_interval_s, "
-        "capture_file, capture_format, capture_max_bytes)"
+        "capture_file, capture_format, capture_max_bytes, match)"
     )
 
 
