@@ -7,9 +7,15 @@ not surprised; the decoder unescapes whatever follows ``7D``.
 
 The decoder is incremental and never raises on input: bad frames come back as typed
 :class:`HdlcError` values in the output list, so the caller can count and log them and carry on.
+
+Speed: this sits on every radio frame, so the per-byte work is done by C code from the standard
+library (``bytes.split``/``find``/``replace``/``translate`` and ``binascii.crc_hqx``); Python
+only runs per frame and per escape, never per byte.
 """
 
 from __future__ import annotations
+
+from binascii import crc_hqx
 
 FLAG = 0x7E
 ESCAPE = 0x7D
@@ -37,12 +43,28 @@ def _make_table() -> tuple[int, ...]:
 
 _TABLE = _make_table()
 
+#: Each byte with its bits in reverse order (a ``bytes.translate`` table).
+_REVERSE = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
+
+
+def _reverse16(value: int) -> int:
+    return (_REVERSE[value & 0xFF] << 8) | _REVERSE[value >> 8]
+
+
+#: The good-frame residue as the bit-reversed (XMODEM-order) CRC register holds it.
+_GOOD_RESIDUE_REVERSED = _reverse16(FCS_GOOD_RESIDUE)
+
 
 def fcs16_update(fcs: int, data: bytes | bytearray | memoryview) -> int:
-    """Run reflected CRC-16 (poly 0x8408) over ``data`` starting from ``fcs``."""
-    for byte in data:
-        fcs = (fcs >> 8) ^ _TABLE[(fcs ^ byte) & 0xFF]
-    return fcs
+    """Run reflected CRC-16 (poly 0x8408) over ``data`` starting from ``fcs``.
+
+    Computed in C: the reflected CRC is the MSB-first CRC (poly 0x1021, ``binascii.crc_hqx``)
+    of the bit-reversed bytes from the bit-reversed register, read back bit-reversed."""
+    if not 0 <= fcs <= 0xFFFF:  # not a 16-bit register: keep the table's exact arithmetic
+        for byte in data:
+            fcs = (fcs >> 8) ^ _TABLE[(fcs ^ byte) & 0xFF]
+        return fcs
+    return _reverse16(crc_hqx(bytes(data).translate(_REVERSE), _reverse16(fcs)))
 
 
 def fcs16(data: bytes | bytearray | memoryview) -> int:
@@ -52,16 +74,21 @@ def fcs16(data: bytes | bytearray | memoryview) -> int:
 
 def hdlc_encode(payload: bytes) -> bytes:
     """Frame one payload: flag, escaped payload and FCS (low byte first), flag."""
-    fcs = fcs16(payload)
-    out = bytearray([FLAG])
-    for byte in bytes(payload) + bytes((fcs & 0xFF, fcs >> 8)):
-        if byte in _ESCAPED:
-            out.append(ESCAPE)
-            out.append(byte ^ 0x20)
-        else:
-            out.append(byte)
-    out.append(FLAG)
-    return bytes(out)
+    body = bytes(payload)
+    # fcs16 inlined: the bit-reversed register, complemented, is the FCS with its bytes in
+    # wire order (low byte first) once each byte's bits are reversed back.
+    fcs = crc_hqx(body.translate(_REVERSE), FCS_INIT) ^ 0xFFFF
+    body += fcs.to_bytes(2, "big").translate(_REVERSE)
+    # 7D first: the later replacements insert 7D bytes that must stay as they are. None of the
+    # escaped forms (5D 5E 31 33 D8) is itself a byte that needs escaping.
+    body = (
+        body.replace(b"\x7d", b"\x7d\x5d")
+        .replace(b"\x7e", b"\x7d\x5e")
+        .replace(b"\x11", b"\x7d\x31")
+        .replace(b"\x13", b"\x7d\x33")
+        .replace(b"\xf8", b"\x7d\xd8")
+    )
+    return b"\x7e" + body + b"\x7e"
 
 
 class HdlcError(Exception):
@@ -92,88 +119,116 @@ class HdlcBadEscape(HdlcError):
     """An escape byte immediately followed by a flag (an aborted frame)."""
 
 
+def _unescape(raw: bytes) -> tuple[bytes, bool]:
+    """Undo the escaping of one frame's bytes (no flags inside). Returns the bytes and whether
+    they ended in a lone escape byte (dropped). ``7D x`` is ``x ^ 0x20`` for any ``x``, so
+    ``7D 7D`` is ``5D``."""
+    pos = raw.find(b"\x7d")
+    if pos < 0:
+        return raw, False
+    out = bytearray(raw)
+    last = len(out) - 1
+    while pos >= 0:
+        if pos == last:
+            del out[pos]
+            return bytes(out), True
+        del out[pos]
+        out[pos] ^= 0x20
+        last -= 1
+        pos = out.find(b"\x7d", pos + 1)
+    return bytes(out), False
+
+
 class HdlcDecoder:
     """Incremental HDLC-lite decoder: ``feed`` bytes, get back frames and errors in order.
 
     Starts unsynchronised: bytes before the first flag are reported as :class:`HdlcGarbage`.
     After any error it resynchronises on the next flag.
+
+    Between flags it keeps the frame's bytes as received (still escaped) and decodes them when
+    the closing flag arrives; a frame whose escaped bytes already prove it too long is decoded
+    early, remembered only by its head, and the rest of it skipped.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._max = max_frame
+        # Escaped bytes: each decodes to at least half a byte, so this many prove "too long".
+        self._max_raw = 2 * max_frame + 2
         self._synced = False
-        self._buf = bytearray()
-        self._escape = False
-        self._overflow = False
+        self._pending = b""  # escaped bytes of the open frame since its flag
+        self._overflow: bytes | None = None  # head of an open frame already known too long
         self._garbage = 0
-        self._garbage_head = bytearray()
+        self._garbage_head = b""
 
     def feed(self, data: bytes) -> list[bytes | HdlcError]:
         out: list[bytes | HdlcError] = []
-        for byte in data:
-            if not self._synced:
-                if byte == FLAG:
-                    self._flush_garbage(out)
-                    self._synced = True
-                    self._reset_frame()
+        data = bytes(data)
+        if not self._synced:
+            start = data.find(b"\x7e")
+            if start < 0:
+                self._note_garbage(data)
+                return out
+            self._note_garbage(data[:start])
+            self._flush_garbage(out)
+            self._synced = True
+            data = data[start + 1 :]
+        pieces = data.split(b"\x7e")
+        tail = pieces.pop()
+        if pieces:  # at least one flag: the open frame ends at the first
+            if self._overflow is not None:
+                out.append(self._too_long(self._overflow))
+                self._overflow = None
+                pieces[0] = b""
+            elif self._pending:
+                pieces[0] = self._pending + pieces[0]
+            self._pending = b""
+            for raw in pieces:
+                if not raw:
+                    continue  # back-to-back flags: an idle line, not an error
+                buf, aborted = _unescape(raw) if b"\x7d" in raw else (raw, False)
+                if (
+                    3 <= len(buf) <= self._max
+                    and not aborted
+                    and crc_hqx(buf.translate(_REVERSE), FCS_INIT) == _GOOD_RESIDUE_REVERSED
+                ):
+                    out.append(buf[:-2])
                 else:
-                    self._garbage += 1
-                    if len(self._garbage_head) < 64:
-                        self._garbage_head.append(byte)
-                continue
-            if byte == FLAG:
-                self._end_frame(out)
-                continue
-            if self._overflow:
-                continue
-            if byte == ESCAPE and not self._escape:
-                self._escape = True
-                continue
-            if self._escape:
-                byte ^= 0x20
-                self._escape = False
-            if len(self._buf) >= self._max:
-                self._overflow = True
-                continue
-            self._buf.append(byte)
+                    out.append(self._bad_frame(buf, aborted))
+        if self._overflow is None and tail:
+            pending = self._pending + tail if self._pending else tail
+            if len(pending) >= self._max_raw:
+                self._overflow = _unescape(pending)[0][: self._max]
+                pending = b""
+            self._pending = pending
         return out
 
-    def _reset_frame(self) -> None:
-        self._buf.clear()
-        self._escape = False
-        self._overflow = False
+    def _note_garbage(self, data: bytes) -> None:
+        self._garbage += len(data)
+        if len(self._garbage_head) < 64:
+            self._garbage_head = (self._garbage_head + data)[:64]
 
     def _flush_garbage(self, out: list[bytes | HdlcError]) -> None:
         if self._garbage:
             out.append(
                 HdlcGarbage(
                     f"{self._garbage} byte(s) outside any frame discarded",
-                    bytes(self._garbage_head),
+                    self._garbage_head,
                 )
             )
         self._garbage = 0
-        self._garbage_head.clear()
+        self._garbage_head = b""
 
-    def _end_frame(self, out: list[bytes | HdlcError]) -> None:
-        buf = bytes(self._buf)
-        if self._overflow:
-            out.append(HdlcTooLong(f"frame longer than {self._max} bytes dropped", buf))
-        elif self._escape:
-            out.append(HdlcBadEscape("escape byte 7D followed by flag: frame aborted", buf))
-        elif not buf:
-            pass  # back-to-back flags: an idle line, not an error
-        elif len(buf) < 3:
-            out.append(
-                HdlcTooShort(f"frame of {len(buf)} byte(s) is shorter than payload+FCS", buf)
-            )
-        else:
-            residue = fcs16_update(FCS_INIT, buf)
-            if residue == FCS_GOOD_RESIDUE:
-                out.append(buf[:-2])
-            else:
-                got = buf[-2] | (buf[-1] << 8)
-                want = fcs16(buf[:-2])
-                out.append(
-                    HdlcBadFcs(f"bad FCS: frame carries {got:04X}, payload gives {want:04X}", buf)
-                )
-        self._reset_frame()
+    def _too_long(self, head: bytes) -> HdlcTooLong:
+        return HdlcTooLong(f"frame longer than {self._max} bytes dropped", head)
+
+    def _bad_frame(self, buf: bytes, aborted: bool) -> HdlcError:
+        """The error for a closed frame (unescaped ``buf``) that is not a good one."""
+        if len(buf) > self._max:
+            return self._too_long(buf[: self._max])
+        if aborted:
+            return HdlcBadEscape("escape byte 7D followed by flag: frame aborted", buf)
+        if len(buf) < 3:
+            return HdlcTooShort(f"frame of {len(buf)} byte(s) is shorter than payload+FCS", buf)
+        got = buf[-2] | (buf[-1] << 8)
+        want = fcs16(buf[:-2])
+        return HdlcBadFcs(f"bad FCS: frame carries {got:04X}, payload gives {want:04X}", buf)

@@ -7,6 +7,11 @@ D-Bus-like format string. Everything here is pure: bytes in, records out, and a 
 
 The STREAM_RAW layouts follow OpenThread's RCP (``src/ncp/ncp_base_radio.cpp``) exactly, so this
 codec talks to real boards and to our virtual RCP alike.
+
+Speed: every radio frame goes through :func:`encode`, :func:`decode_frame` and the STREAM_RAW
+decoder, so those take direct paths (one-byte packed ints, precompiled ``struct`` layouts) and
+fall back to the general datatype code for anything unusual, which also names what was wrong.
+Parsed format strings are cached.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeAlias
 
 # --- header -----------------------------------------------------------------------------------
@@ -173,8 +179,14 @@ NOISE_FLOOR_UNKNOWN = -128
 # --- packed unsigned integers -----------------------------------------------------------------
 
 
+#: The packed form of 0..127 (one byte each): commands, most property ids, small values.
+_ONE_BYTE_UINTS = tuple(bytes((value,)) for value in range(0x80))
+
+
 def pack_uint(value: int) -> bytes:
     """EXI-style packed unsigned int: 7-bit groups, little-endian, top bit = more follows."""
+    if 0 <= value < 0x80:
+        return _ONE_BYTE_UINTS[value]
     if not 0 <= value <= PACKED_UINT_MAX:
         raise SpinelError(f"packed uint {value} out of range 0..{PACKED_UINT_MAX}")
     out = bytearray()
@@ -232,19 +244,23 @@ def make_header(tid: int, iid: int = 0) -> int:
 
 
 def encode_frame(frame: SpinelFrame) -> bytes:
-    out = bytearray([make_header(frame.tid, frame.iid)])
-    out += pack_uint(frame.command)
-    if frame.command in PROP_COMMANDS:
-        if frame.prop is None:
-            raise SpinelError(f"command {frame.command} needs a property id")
-        out += pack_uint(frame.prop)
-    out += frame.payload
-    return bytes(out)
+    return _encode(frame.tid, frame.iid, frame.command, frame.prop, frame.payload)
 
 
 def encode(tid: int, command: int, prop: int | None = None, payload: bytes = b"") -> bytes:
-    """Shorthand for ``encode_frame(SpinelFrame(...))`` on interface 0."""
-    return encode_frame(SpinelFrame(tid, command, prop, payload))
+    """Shorthand for ``encode_frame(SpinelFrame(...))`` on interface 0 (without building the
+    record: this runs for every frame the host sends)."""
+    return _encode(tid, 0, command, prop, payload)
+
+
+def _encode(tid: int, iid: int, command: int, prop: int | None, payload: bytes) -> bytes:
+    header = bytes((make_header(tid, iid),))
+    if command in PROP_COMMANDS:
+        command_bytes = pack_uint(command)
+        if prop is None:
+            raise SpinelError(f"command {command} needs a property id")
+        return b"".join((header, command_bytes, pack_uint(prop), payload))
+    return b"".join((header, pack_uint(command), payload))
 
 
 def decode_frame(data: bytes) -> SpinelFrame:
@@ -253,17 +269,19 @@ def decode_frame(data: bytes) -> SpinelFrame:
     header = data[0]
     if header & HEADER_FLAG_MASK != HEADER_FLAG:
         raise SpinelError(f"header byte {header:02X} lacks the 10xxxxxx flag bits")
-    command, pos = unpack_uint(data, 1)
+    size = len(data)
+    # One-byte packed ints (every command, most property ids) without the general decoder.
+    if size > 1 and data[1] < 0x80:
+        command, pos = data[1], 2
+    else:
+        command, pos = unpack_uint(data, 1)
     prop: int | None = None
     if command in PROP_COMMANDS:
-        prop, pos = unpack_uint(data, pos)
-    return SpinelFrame(
-        tid=header & 0x0F,
-        command=command,
-        prop=prop,
-        payload=bytes(data[pos:]),
-        iid=(header >> 4) & 3,
-    )
+        if pos < size and data[pos] < 0x80:
+            prop, pos = data[pos], pos + 1
+        else:
+            prop, pos = unpack_uint(data, pos)
+    return SpinelFrame(header & 0x0F, command, prop, bytes(data[pos:]), (header >> 4) & 3)
 
 
 # --- datatypes --------------------------------------------------------------------------------
@@ -281,6 +299,9 @@ _FIXED: dict[str, str] = {
     "x": "<q",
 }
 _PRIMITIVES = frozenset("bCcSsLlXxiEe6dDU")
+_STRUCTS: dict[str, struct.Struct] = {kind: struct.Struct(code) for kind, code in _FIXED.items()}
+_U16 = struct.Struct("<H")
+_SIZED = {"E": 8, "e": 6, "6": 16}
 
 
 @dataclass(frozen=True)
@@ -289,7 +310,9 @@ class _Node:
     children: tuple[_Node, ...] = ()
 
 
+@lru_cache(maxsize=256)
 def _parse_format(fmt: str) -> tuple[_Node, ...]:
+    """The parse tree of a format string (cached: a few formats are used over and over)."""
     nodes, pos = _parse_seq(fmt, 0, nested=False)
     if pos != len(fmt):
         raise SpinelError(f"format {fmt!r}: unexpected ')' at {pos}")
@@ -339,7 +362,7 @@ def _pack_one(node: _Node, value: Value, fmt: str) -> bytes:
         if kind in _FIXED:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpinelError(f"{kind} needs an int, got {value!r}")
-            return struct.pack(_FIXED[kind], value)
+            return _STRUCTS[kind].pack(value)
         if kind == "b":
             if not isinstance(value, bool | int) or value not in (0, 1):
                 raise SpinelError(f"b needs a bool, got {value!r}")
@@ -348,15 +371,15 @@ def _pack_one(node: _Node, value: Value, fmt: str) -> bytes:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise SpinelError(f"i needs an int, got {value!r}")
             return pack_uint(value)
-        if kind in "Ee6":
-            size = {"E": 8, "e": 6, "6": 16}[kind]
+        if kind in _SIZED:
+            size = _SIZED[kind]
             if not isinstance(value, bytes | bytearray) or len(value) != size:
                 raise SpinelError(f"{kind} needs {size} bytes, got {value!r}")
             return bytes(value)
         if kind == "d":
             if not isinstance(value, bytes | bytearray):
                 raise SpinelError(f"d needs bytes, got {value!r}")
-            return struct.pack("<H", len(value)) + bytes(value)
+            return _U16.pack(len(value)) + bytes(value)
         if kind == "D":
             if not isinstance(value, bytes | bytearray):
                 raise SpinelError(f"D needs bytes, got {value!r}")
@@ -369,7 +392,7 @@ def _pack_one(node: _Node, value: Value, fmt: str) -> bytes:
             if not isinstance(value, tuple):
                 raise SpinelError(f"t(...) needs a tuple, got {value!r}")
             body = _pack_seq(node.children, list(value), fmt)
-            return struct.pack("<H", len(body)) + body
+            return _U16.pack(len(body)) + body
         if kind == "A":
             if not isinstance(value, list | tuple):
                 raise SpinelError(f"A(...) needs a list, got {value!r}")
@@ -419,10 +442,11 @@ def _unpack_seq(
 
 def _unpack_one(node: _Node, data: bytes, pos: int, end: int, fmt: str) -> tuple[Value, int]:
     kind = node.kind
-    if kind in _FIXED:
-        size = struct.calcsize(_FIXED[kind])
+    fixed = _STRUCTS.get(kind)
+    if fixed is not None:
+        size = fixed.size
         _need(data, pos, size, end, kind)
-        return struct.unpack_from(_FIXED[kind], data, pos)[0], pos + size
+        return fixed.unpack_from(data, pos)[0], pos + size
     if kind == "b":
         _need(data, pos, 1, end, kind)
         if data[pos] > 1:
@@ -431,13 +455,13 @@ def _unpack_one(node: _Node, data: bytes, pos: int, end: int, fmt: str) -> tuple
     if kind == "i":
         value, nxt = unpack_uint(data[:end], pos)
         return value, nxt
-    if kind in "Ee6":
-        size = {"E": 8, "e": 6, "6": 16}[kind]
+    if kind in _SIZED:
+        size = _SIZED[kind]
         _need(data, pos, size, end, kind)
         return data[pos : pos + size], pos + size
     if kind == "d":
         _need(data, pos, 2, end, "d length")
-        (length,) = struct.unpack_from("<H", data, pos)
+        (length,) = _U16.unpack_from(data, pos)
         _need(data, pos + 2, length, end, "d data")
         return data[pos + 2 : pos + 2 + length], pos + 2 + length
     if kind == "D":
@@ -452,7 +476,7 @@ def _unpack_one(node: _Node, data: bytes, pos: int, end: int, fmt: str) -> tuple
             raise SpinelError(f"U at offset {pos} is not UTF-8: {exc}") from None
     if kind == "t":
         _need(data, pos, 2, end, "t length")
-        (length,) = struct.unpack_from("<H", data, pos)
+        (length,) = _U16.unpack_from(data, pos)
         _need(data, pos + 2, length, end, "t body")
         inner_end = pos + 2 + length
         values, _ = _unpack_seq(node.children, data, pos + 2, inner_end, fmt)
@@ -523,11 +547,62 @@ def _tuple(value: Value) -> tuple[Value, ...]:
     raise SpinelError(f"expected a struct, got {value!r}")
 
 
+_RX_LEVELS = struct.Struct("<bbH")  # c RSSI, c noise floor, S flags
+_RX_PHY = struct.Struct("<BBQ")  # channel, LQI, timestamp
+_RX_MAC = struct.Struct("<BI")  # ack key id, ack frame counter
+
+
 def decode_rx_frame_prefix(data: bytes) -> tuple[RawRxFrame, int]:
     """Decode the received-frame layout; returns the frame and the bytes it took.
 
     The leading ``d c c S`` are required; the three structs are optional (older RCPs omit the
     trailing ones), and each struct may carry more fields than we read."""
+    return _decode_rx_frame_direct(data) or _decode_rx_frame_general(data)
+
+
+def _decode_rx_frame_direct(data: bytes) -> tuple[RawRxFrame, int] | None:
+    """The received-frame layout read with fixed ``struct`` layouts, for the well-formed frames
+    every RCP sends (a one-byte rx error); None for anything else, which the general decoder
+    then reads or rejects with a precise error."""
+    end = len(data)
+    if end < 6:
+        return None
+    start = 2 + (data[0] | data[1] << 8)
+    pos = start + 4
+    if pos > end:
+        return None
+    rssi, noise, flags = _RX_LEVELS.unpack_from(data, start)
+    channel = lqi = timestamp = rx_error = key_id = counter = 0
+    if pos < end:
+        if pos + 2 > end:
+            return None
+        body = pos + 2
+        pos = body + (data[pos] | data[pos + 1] << 8)
+        if pos - body < _RX_PHY.size or pos > end:
+            return None
+        channel, lqi, timestamp = _RX_PHY.unpack_from(data, body)
+        if pos < end:
+            if pos + 2 > end:
+                return None
+            body = pos + 2
+            pos = body + (data[pos] | data[pos + 1] << 8)
+            if pos == body or pos > end or data[body] >= 0x80:
+                return None
+            rx_error = data[body]
+            if pos < end:
+                if pos + 2 > end:
+                    return None
+                body = pos + 2
+                pos = body + (data[pos] | data[pos + 1] << 8)
+                if pos - body < _RX_MAC.size or pos > end:
+                    return None
+                key_id, counter = _RX_MAC.unpack_from(data, body)
+    psdu = bytes(data[2:start])
+    frame = RawRxFrame(psdu, rssi, noise, flags, channel, lqi, timestamp, rx_error, key_id, counter)
+    return frame, pos
+
+
+def _decode_rx_frame_general(data: bytes) -> tuple[RawRxFrame, int]:
     head, pos = unpack_prefix("dccS", data)
     psdu, rssi, noise, flags = _bytes(head[0]), _int(head[1]), _int(head[2]), _int(head[3])
     channel = lqi = timestamp = rx_error = key_id = counter = 0
