@@ -254,17 +254,15 @@ class ReconnectingTransceiver(Transceiver):
         self._set_state("open")
 
     def _watch_resets(self, inner: Transceiver, spinel: SpinelTransceiver) -> None:
-        """Chain into the Spinel driver's unsolicited-reset callback (a constructor argument
-        there, so a radio made from a URL has none of its own unless the factory gave one)."""
-        previous = spinel._on_reset
+        """Hear the Spinel driver's unsolicited resets (it re-applies its settings itself; we
+        count and report them). Only while ``inner`` is the current radio: a lost radio's
+        late notifications are not this board's resets."""
 
         def on_reset(status: int) -> None:
-            if previous is not None:
-                previous(status)
             if inner is self._inner:
                 self._on_board_reset(status)
 
-        spinel._on_reset = on_reset
+        spinel.add_reset_listener(on_reset)
 
     def _on_board_reset(self, status: int) -> None:
         reason = status_name(status)

@@ -116,7 +116,9 @@ class SpinelTransceiver(Transceiver):
         self._retries = retries
         self._reset_timeout = reset_timeout
         self._tx_timeout = tx_timeout
-        self._on_reset = on_reset
+        self._reset_listeners: list[Callable[[int], None]] = []
+        if on_reset is not None:
+            self._reset_listeners.append(on_reset)
         self._pending: dict[int, _Pending] = {}
         self._tids = asyncio.Semaphore(TID_MAX)
         self._last_tid = 0
@@ -133,6 +135,18 @@ class SpinelTransceiver(Transceiver):
         self._channel: int | None = None
         self._tx_power: int | None = None
         self._raw_stream = False
+
+    def add_reset_listener(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(status)`` on every unsolicited board reset (a RESET_* status we did
+        not ask for), after the reset is counted and before settings are re-applied. Several
+        layers may listen (the agent, a reconnecting wrapper), so listeners are added, never
+        replaced; ``on_reset`` in the constructor is simply the first one."""
+        self._reset_listeners.append(listener)
+
+    def remove_reset_listener(self, listener: Callable[[int], None]) -> None:
+        """Stop calling ``listener``; a listener that was never added is ignored."""
+        if listener in self._reset_listeners:
+            self._reset_listeners.remove(listener)
 
     @property
     def transport(self) -> FrameTransport | ByteTransport:
@@ -487,8 +501,11 @@ class SpinelTransceiver(Transceiver):
             self.name,
             status_name(status),
         )
-        if self._on_reset is not None:
-            self._on_reset(status)
+        for listener in list(self._reset_listeners):
+            try:
+                listener(status)
+            except Exception:  # a listener's bug must not kill the reader or skip the re-apply
+                log.exception("%s: reset listener failed", self.name)
         if self._reapply is None or self._reapply.done():
             self._reapply = asyncio.create_task(self._reapply_settings(), name="spinel-reapply")
 

@@ -408,3 +408,45 @@ def test_first_open_failure_is_raised_not_retried() -> None:
         await board.pull_plug()
 
     run(go)
+
+
+def test_reset_listeners_are_public_and_stack_with_the_wrappers_own() -> None:
+    async def go() -> None:
+        board = await Board(GW_A).start()
+        heard: list[int] = []
+        removed: list[int] = []
+
+        def broken(status: int) -> None:
+            raise ValueError("a listener with a bug")
+
+        def factory() -> Transceiver:
+            radio = open_radio(f"spinel+uart://{board.path}?timeout=0.3&retries=1")
+            assert isinstance(radio, SpinelTransceiver)
+            radio.add_reset_listener(broken)  # must not stop the re-apply or the others
+            radio.add_reset_listener(heard.append)  # the agent's own listener, say
+            radio.add_reset_listener(removed.append)
+            radio.remove_reset_listener(removed.append)
+            radio.remove_reset_listener(print)  # never added: ignored
+            return radio
+
+        recorder = Recorder()
+        radio = ReconnectingTransceiver(factory, sleep=recorder.sleep, listener=recorder.listen)
+        await radio.open()
+        try:
+            await radio.set_channel(9)
+            await radio.enable_raw_stream()
+            board.rcp.reboot(Status.RESET_WATCHDOG)
+            event = await recorder.wait_for(RadioEventKind.RESET)
+            assert event.reason == "RESET_WATCHDOG"
+            assert heard == [Status.RESET_WATCHDOG]  # the factory's listener was kept
+            assert removed == []
+            spinel = find_layer(radio, SpinelTransceiver)
+            assert spinel is not None
+            await spinel.wait_recovered()
+            assert (board.rcp.channel, board.rcp.raw_stream) == (9, True)
+            assert radio.state == "open" and radio.stats.resets == 1
+        finally:
+            await radio.close()
+            await board.pull_plug()
+
+    run(go)
