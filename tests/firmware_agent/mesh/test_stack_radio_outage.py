@@ -28,11 +28,14 @@ GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
 PAN = 0xABCD
 CHANNEL = 9
+REQUEST_TIMEOUT_S = 3.0
+#: How long a condition may take to come true on a loaded machine before the test says which.
+DEADLINE_S = 15.0
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
     async def bounded() -> None:
-        await asyncio.wait_for(test(), 30)
+        await asyncio.wait_for(test(), 60)
 
     asyncio.run(bounded())
 
@@ -71,7 +74,9 @@ class Board:
             self._server = None
 
     def url(self) -> str:
-        return f"spinel+uart://{self.path}?timeout=0.3&retries=1"
+        # Outages here are seen as the PTY going away, never by timing out: the request timeout
+        # is only how long a busy machine may take to answer, so it is generous.
+        return f"spinel+uart://{self.path}?timeout={REQUEST_TIMEOUT_S}&retries=1"
 
     def meter_sends_udp(self, payload: bytes, port: int = 4059) -> None:
         src, dst = ipv6.link_local(METER), ipv6.link_local(GW)
@@ -89,8 +94,12 @@ async def set_up(radio: Transceiver) -> MeshStack:
     return MeshStack(radio, info.hwaddr, ManualClock(), pan_id=PAN, channel=CHANNEL)
 
 
-async def until(condition: Callable[[], bool]) -> None:
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after a generous deadline."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
     while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"still waiting after {DEADLINE_S:g} s for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -110,22 +119,22 @@ def test_receive_loop_waits_through_a_reconnect_and_delivers_again() -> None:
         loop = asyncio.create_task(stack.run())
         try:
             current.meter_sends_udp(b"before")
-            await until(lambda: got == [b"before"])
+            await until(lambda: got == [b"before"], "the first datagram")
 
             old, current = current, Board()  # the next reopen finds a replugged board
             current.seq = old.seq  # the same meter: its sequence numbers go on (no dedup drop)
             await old.pull_plug()
-            await until(lambda: radio.state == "reconnecting")
+            await until(lambda: radio.state == "reconnecting", "the loss to be noticed")
             link = MeshDatagramLink(stack, METER)
             with pytest.raises(RadioReconnecting, match="reconnecting"):
                 await link.request(b"\x00\x01", timeout=1.0)  # what a meter read sees
             assert stack.stats.tx_radio_errors == 1
             await current.start()
-            await radio.wait_open()
+            await asyncio.wait_for(radio.wait_open(), DEADLINE_S)
             assert not loop.done()
 
             current.meter_sends_udp(b"after")
-            await until(lambda: got == [b"before", b"after"])
+            await until(lambda: got == [b"before", b"after"], "the datagram after the reopen")
             assert stack.stats.datagrams_rx == 2
             assert current.rcp.channel == CHANNEL and current.rcp.raw_stream
             assert sink.records >= 2  # both boards' frames went into the one capture
@@ -152,7 +161,7 @@ def test_a_plain_radio_going_away_pauses_the_loop_without_spinning() -> None:
         try:
             await asyncio.sleep(0.05)
             await board.pull_plug()
-            await until(lambda: stack.stats.radio_outages == 1)
+            await until(lambda: stack.stats.radio_outages == 1, "the outage to be counted")
             await asyncio.sleep(0.3)
             assert not loop.done()  # alive: it keeps asking, every radio_retry_s
             assert stack.stats.radio_outages == 1  # one outage, however long
