@@ -17,6 +17,7 @@ import yaml
 from hil.env import DEFAULT_ENV, HilEnv, load_env
 
 if TYPE_CHECKING:  # imported lazily: this plugin loads into every pytest session
+    from hil.agent_process import AgentProcess
     from hil.broker import Mosquitto
     from hil.headend import HeadEnd
     from hil.pki import Pki
@@ -139,3 +140,20 @@ def gateway_config(
         return path
 
     return make
+
+
+@pytest.fixture
+def gateway_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    """Starts ``firmware-agent run --config FILE [extra...]`` processes; kills leftovers after."""
+    from hil.agent_process import AgentProcess
+
+    started: list[AgentProcess] = []
+
+    def start(config: Path, *extra: str) -> AgentProcess:
+        agent = AgentProcess(config, tmp_path / f"agent-{len(started)}.log", *extra)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()

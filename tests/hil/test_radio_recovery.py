@@ -10,65 +10,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hil.agent_process import AgentProcess
 from hil.headend import HeadEnd
 
-AGENT = Path(sys.executable).with_name("firmware-agent")
 
-
-class AgentProcess:
-    """``firmware-agent run`` as a child process, its log in a file (for failure messages)."""
-
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        self._log_handle = log.open("wb")
-        self.proc = subprocess.Popen(
-            [str(AGENT), "run", "--config", str(config)],
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-        )
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log_handle.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_handle.close()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def fail(self, why: str) -> None:
-        pytest.fail(f"{why}\n--- agent log (tail) ---\n{self.output()[-4000:]}")
-
-
-@pytest.fixture
-def agent_process(tmp_path: Path) -> Iterator[Callable[[Path], AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(config: Path) -> AgentProcess:
-        agent = AgentProcess(config, tmp_path / f"agent-{len(started)}.log")
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
+def fail(agent: AgentProcess, why: str) -> None:
+    pytest.fail(f"{why}\n{agent.tail()}")
 
 
 def children(pid: int) -> list[int]:
@@ -94,13 +48,13 @@ def rcp_child(agent: AgentProcess, other_than: int | None = None, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if agent.proc.poll() is not None:
-            agent.fail(f"agent exited with {agent.proc.returncode}")
+            fail(agent, f"agent exited with {agent.proc.returncode}")
         for pid in children(agent.proc.pid):
             argv = cmdline(pid)
             if "hil" in argv and "rcp" in argv and pid != other_than:
                 return pid
         time.sleep(0.1)
-    agent.fail(f"no virtual RCP child of agent pid {agent.proc.pid} within {timeout} s")
+    fail(agent, f"no virtual RCP child of agent pid {agent.proc.pid} within {timeout} s")
     raise AssertionError("unreachable")
 
 
@@ -128,10 +82,10 @@ def wait_for_readings(
         if meter_ids <= {r["device_id"] for r in fresh}:
             return fresh
         if agent.proc.poll() is not None:
-            agent.fail(f"agent exited with {agent.proc.returncode}")
+            fail(agent, f"agent exited with {agent.proc.returncode}")
         time.sleep(0.2)
     seen = {r["device_id"] for r in headend.records()[since:]}
-    agent.fail(f"no readings from {sorted(meter_ids - seen)} within {timeout} s")
+    fail(agent, f"no readings from {sorted(meter_ids - seen)} within {timeout} s")
     raise AssertionError("unreachable")
 
 
@@ -143,9 +97,9 @@ def wait_for_log(agent: AgentProcess, text: str, timeout: float) -> int:
         if at >= 0:
             return at
         if agent.proc.poll() is not None:
-            agent.fail(f"agent exited with {agent.proc.returncode} before logging {text!r}")
+            fail(agent, f"agent exited with {agent.proc.returncode} before logging {text!r}")
         time.sleep(0.1)
-    agent.fail(f"agent never logged {text!r} within {timeout} s")
+    fail(agent, f"agent never logged {text!r} within {timeout} s")
     raise AssertionError("unreachable")
 
 
@@ -154,10 +108,10 @@ def test_agent_carries_on_after_its_virtual_rcp_is_killed(
     gateway_config: Callable[..., Path],
     headend: HeadEnd,
     meters: list[dict[str, Any]],
-    agent_process: Callable[[Path], AgentProcess],
+    gateway_agent: Callable[..., AgentProcess],
 ) -> None:
     meter_ids = {m["id"] for m in meters}
-    agent = agent_process(gateway_config())
+    agent = gateway_agent(gateway_config())
     wait_for_readings(headend, meter_ids, agent, since=0, timeout=60)
     first = rcp_child(agent)
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +20,10 @@ import yaml
 
 from firmware_agent.clock import SystemClock
 from firmware_agent.spool import Spool
+from hil.agent_process import AgentProcess
 from hil.headend import HeadEnd
 
 SEED_002_FIELDS = ("time", "arrival_time", "device_id", "load", "crrnt", "pf", "kva", "kw", "vltg")
-AGENT = Path(sys.executable).with_name("firmware-agent")
-
-
-class AgentProcess:
-    """``firmware-agent run`` as a child process, with its log in a file for failure messages."""
-
-    def __init__(self, config: Path, log: Path, *extra: str) -> None:
-        self.log = log
-        self._log_handle = log.open("wb")
-        self.proc = subprocess.Popen(
-            [str(AGENT), "run", "--config", str(config), *extra],
-            stdout=self._log_handle,
-            stderr=subprocess.STDOUT,
-        )
-
-    def terminate(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log_handle.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._log_handle.close()
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture
-def run_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
-    started: list[AgentProcess] = []
-
-    def start(config: Path, *extra: str) -> AgentProcess:
-        agent = AgentProcess(config, tmp_path / f"agent-{len(started)}.log", *extra)
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        agent.kill()
 
 
 def wait_for_meters(
@@ -100,12 +54,12 @@ def test_readings_reach_the_head_end_and_leave_the_spool(
     gateway_config: Callable[..., Path],
     headend: HeadEnd,
     meters: list[dict[str, Any]],
-    run_agent: Callable[..., AgentProcess],
+    gateway_agent: Callable[..., AgentProcess],
 ) -> None:
     config = gateway_config()
     spool_path = Path(yaml.safe_load(config.read_text())["spool"]["path"])
     pcap = config.parent / "agent.pcap"
-    agent = run_agent(config, "--log-json", "--pcap", str(pcap))
+    agent = gateway_agent(config, "--log-json", "--pcap", str(pcap))
     records = wait_for_meters(headend, {m["id"] for m in meters}, timeout=60, agent=agent)
     assert agent.terminate() == 0, agent.output()[-3000:]
 
@@ -148,7 +102,7 @@ def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered
     gateway_config: Callable[..., Path],
     headend: HeadEnd,
     meters: list[dict[str, Any]],
-    run_agent: Callable[..., AgentProcess],
+    gateway_agent: Callable[..., AgentProcess],
     tmp_path: Path,
 ) -> None:
     # First run: the uplink points at a port where nothing listens, so readings pile up.
@@ -158,7 +112,7 @@ def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered
     doc["uplink"]["broker_url"] = "mqtts://127.0.0.1:9"
     dead_port.write_text(yaml.safe_dump(doc))
     spool_path = Path(doc["spool"]["path"])
-    agent = run_agent(dead_port)
+    agent = gateway_agent(dead_port)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (
         not spool_path.exists() or spool_rows(spool_path) < len(meters)
@@ -172,7 +126,7 @@ def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered
     # Second run against the real broker: what was kept goes out first, nothing is lost.
     doc["uplink"]["broker_url"] = good_broker
     dead_port.write_text(yaml.safe_dump(doc))
-    agent = run_agent(dead_port)
+    agent = gateway_agent(dead_port)
     deadline = time.monotonic() + 60
     while (
         time.monotonic() < deadline and spool_rows(spool_path) > 0 and len(headend.records()) < kept
@@ -183,9 +137,9 @@ def test_records_spooled_while_the_broker_is_unreachable_are_kept_then_delivered
 
 
 def test_bad_config_never_starts_the_agent(
-    gateway_config: Callable[..., Path], run_agent: Callable[..., AgentProcess]
+    gateway_config: Callable[..., Path], gateway_agent: Callable[..., AgentProcess]
 ) -> None:
     config = gateway_config(radio={"channel": 500})
-    agent = run_agent(config)
+    agent = gateway_agent(config)
     assert agent.proc.wait(30) == 2
     assert "radio.channel (line" in agent.output()
