@@ -16,8 +16,8 @@ registry by ``hil.loop.register(registry, name, rcp)``; this package never impor
 from __future__ import annotations
 
 from drivers.pty_spawn import SpawnedRcpTransport, rcp_command
+from drivers.rcp_host import SpinelTransceiver
 from drivers.spi import SpiTransport, parse_spi_url
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import Registry, Transceiver
 from drivers.uart import SerialTransport, parse_uart_url
 

@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
+from drivers.rcp_host import SpinelTransceiver
 from drivers.spinel import status_name
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import (
     RadioError,
     RadioInfo,

@@ -20,8 +20,8 @@ import asyncio
 from urllib.parse import parse_qsl, urlsplit
 
 from drivers.framing import HdlcFrameTransport
+from drivers.rcp_host import SpinelTransceiver
 from drivers.spi import SpiOptions, SpiTransport, parse_spi_url
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import BackendFactory, RadioError, Registry, Transceiver
 from hil.rcp import VirtualRcp
 from hil.spidev_emu import EmulatedSpiDev

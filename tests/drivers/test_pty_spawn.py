@@ -15,7 +15,7 @@ import pytest
 
 from drivers import default_registry, open_radio
 from drivers.pty_spawn import SpawnedRcpTransport, rcp_command
-from drivers.spinel_radio import SpinelTransceiver
+from drivers.rcp_host import SpinelTransceiver
 from drivers.transceiver import RadioError, TxStatus
 
 

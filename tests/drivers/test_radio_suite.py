@@ -21,8 +21,8 @@ import pytest
 
 from drivers import default_registry
 from drivers.hdlc import hdlc_encode
+from drivers.rcp_host import SpinelTransceiver
 from drivers.spi import SpiTransport
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import RadioError, TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames

@@ -18,6 +18,7 @@ import pytest
 from drivers import open_radio
 from drivers.capture import CapturingTransceiver
 from drivers.pcap import PcapWriter
+from drivers.rcp_host import SpinelTransceiver
 from drivers.reconnect import (
     Backoff,
     RadioEvent,
@@ -27,7 +28,6 @@ from drivers.reconnect import (
     find_layer,
 )
 from drivers.spinel import Prop, Status
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import RadioError, RadioTimeout, Transceiver, TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames

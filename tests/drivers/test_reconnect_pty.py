@@ -13,6 +13,7 @@ import pytest
 
 from drivers import open_radio
 from drivers.pty_spawn import SpawnedRcpTransport
+from drivers.rcp_host import SpinelTransceiver
 from drivers.reconnect import (
     Backoff,
     RadioEvent,
@@ -21,7 +22,6 @@ from drivers.reconnect import (
     ReconnectingTransceiver,
 )
 from drivers.spinel import Prop
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import RadioError, Transceiver, TxStatus
 
 URL = "spinel+pty://?seed=5&channel=4&eui64=0257530000000005"

@@ -14,8 +14,8 @@ import pytest
 
 from drivers import default_registry, open_radio
 from drivers.gpio import SysfsGpioLine, SysfsResetLine
+from drivers.rcp_host import SpinelTransceiver
 from drivers.spi import SpiOptions, SpiTransport, parse_spi_url
-from drivers.spinel_radio import SpinelTransceiver
 from drivers.transceiver import RadioError, TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames

@@ -21,9 +21,9 @@ from drivers.discover import (
     UdevNode,
     candidate_from_udev,
 )
+from drivers.rcp_host import SpinelTransceiver
 from drivers.reconnect import Backoff, RadioEvent, RadioEventKind, ReconnectingTransceiver
 from drivers.spinel import Prop
-from drivers.spinel_radio import SpinelTransceiver
 from firmware_agent.agent import HotplugWake, matched_radio_factory
 from firmware_agent.clock import ManualClock
 from hil.medium import Medium

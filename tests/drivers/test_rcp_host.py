@@ -20,7 +20,7 @@ import pytest
 
 from drivers import open_radio
 from drivers.hdlc import HdlcDecoder, hdlc_encode
-from drivers.spinel_radio import SpinelTransceiver
+from drivers.rcp_host import SpinelTransceiver
 from drivers.transceiver import RadioError, RadioTimeout, TxStatus
 from drivers.uart import SerialTransport
 from firmware_agent.clock import ManualClock
