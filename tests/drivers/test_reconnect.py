@@ -124,10 +124,18 @@ class Recorder:
     def kinds(self) -> list[RadioEventKind]:
         return [e.kind for e in self.events]
 
-    async def wait_for(self, kind: RadioEventKind, count: int = 1) -> RadioEvent:
-        while self.kinds().count(kind) < count:
-            self.changed.clear()
-            await self.changed.wait()
+    async def wait_for(
+        self, kind: RadioEventKind, count: int = 1, timeout: float = 10
+    ) -> RadioEvent:
+        async def seen() -> None:
+            while self.kinds().count(kind) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        try:
+            await asyncio.wait_for(seen(), timeout)
+        except TimeoutError:
+            pytest.fail(f"no {count}x {kind.name} within {timeout} s; events: {self.kinds()}")
         return [e for e in self.events if e.kind is kind][count - 1]
 
 
@@ -251,7 +259,10 @@ def test_pulled_pty_mid_traffic_reopens_a_new_board_with_settings_and_traffic_re
             rx = await asyncio.wait_for(waiter, 5)
             assert rx is not None and frames.decode(rx.psdu).seq == 2
             heard_before = board_b.meter.heard
+            deadline = asyncio.get_running_loop().time() + 10
             while board_b.meter.heard < heard_before + 3:
+                if sender.done() or asyncio.get_running_loop().time() > deadline:
+                    pytest.fail(f"transmitter stalled after the reopen: {outcomes[-10:]}, {sender}")
                 await asyncio.sleep(0.02)
             await asyncio.sleep(0.1)
             sender.cancel()
