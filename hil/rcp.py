@@ -627,3 +627,45 @@ async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
         for fd in (master, slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class PtyBoard:
+    """A virtual RCP served on a fresh PTY that tests can plug in and pull out like a USB board.
+
+    ``plug()`` serves the RCP on a new PTY and returns its path; ``unplug()`` stops serving, so
+    the host sees its port vanish. Also an async context manager (plugged inside).
+    """
+
+    def __init__(self, rcp: VirtualRcp) -> None:
+        self.rcp = rcp
+        self.path = ""
+        self._server: asyncio.Task[None] | None = None
+
+    @property
+    def plugged(self) -> bool:
+        return self._server is not None
+
+    async def plug(self) -> str:
+        if self._server is not None:
+            raise RuntimeError(f"board already plugged in at {self.path}")
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._server = asyncio.create_task(serve_pty(self.rcp, ready.set_result))
+        try:
+            self.path = await ready
+        except BaseException:
+            await self.unplug()
+            raise
+        return self.path
+
+    async def unplug(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.cancel()
+            await asyncio.wait([server])
+
+    async def __aenter__(self) -> PtyBoard:
+        await self.plug()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.unplug()

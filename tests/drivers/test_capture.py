@@ -38,7 +38,7 @@ from drivers.transceiver import TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames, ipv6, lowpan
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, default_acker, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
 GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
@@ -230,13 +230,8 @@ async def served_rcp(clock: ManualClock) -> AsyncIterator[tuple[VirtualRcp, Medi
     rng = random.Random(3)
     medium = Medium(rng)
     rcp = VirtualRcp(medium, rng, clock, eui64=GW, channel=0)
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve_pty(rcp, ready.set_result))
-    try:
-        yield rcp, medium, await ready
-    finally:
-        server.cancel()
-        await asyncio.wait([server])
+    async with PtyBoard(rcp) as board:
+        yield rcp, medium, board.path
 
 
 @needs_tshark

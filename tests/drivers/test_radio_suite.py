@@ -28,7 +28,7 @@ from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames
 from hil.loop import LoopHub, register
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, default_acker, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
 GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
@@ -74,15 +74,8 @@ async def bench(kind: str, **radio_kwargs: object) -> AsyncIterator[Bench]:
     async with contextlib.AsyncExitStack() as stack:
         hub: LoopHub | None = None
         if kind == "pty":
-            ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-            server = asyncio.create_task(serve_pty(rcp, ready.set_result))
-
-            async def stop() -> None:
-                server.cancel()
-                await asyncio.wait([server])
-
-            stack.push_async_callback(stop)
-            url = f"spinel+uart://{await ready}?timeout=0.5"
+            board = await stack.enter_async_context(PtyBoard(rcp))
+            url = f"spinel+uart://{board.path}?timeout=0.5"
             registry = default_registry()
         else:
             registry = default_registry()

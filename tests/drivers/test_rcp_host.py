@@ -26,7 +26,7 @@ from drivers.uart import SerialTransport
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, default_acker, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
 GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
@@ -54,12 +54,14 @@ class ProbeNode:
 
 
 class World:
-    def __init__(self, medium: Medium, rcp: VirtualRcp, clock: ManualClock, path: str) -> None:
+    def __init__(
+        self, medium: Medium, rcp: VirtualRcp, clock: ManualClock, board: PtyBoard
+    ) -> None:
         self.medium = medium
         self.rcp = rcp
         self.clock = clock
-        self.path = path
-        self.server: asyncio.Task[None] | None = None
+        self.board = board
+        self.path = board.path
 
 
 @contextlib.asynccontextmanager
@@ -68,15 +70,8 @@ async def served_rcp(seed: int = 1) -> AsyncIterator[World]:
     clock = ManualClock()
     medium = Medium(rng)
     rcp = VirtualRcp(medium, rng, clock, eui64=GW, channel=0)
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve_pty(rcp, ready.set_result))
-    world = World(medium, rcp, clock, await ready)
-    world.server = server
-    try:
-        yield world
-    finally:
-        server.cancel()
-        await asyncio.wait([server])
+    async with PtyBoard(rcp) as board:
+        yield World(medium, rcp, clock, board)
 
 
 @contextlib.asynccontextmanager
@@ -219,8 +214,7 @@ def test_port_vanishing_gives_clear_radio_error() -> None:
         async with served_rcp() as world, opened(world) as radio:
             waiter = asyncio.create_task(radio.receive())
             await asyncio.sleep(0.05)
-            assert world.server is not None
-            world.server.cancel()  # the board's end of the line goes away
+            await world.board.unplug()  # the board's end of the line goes away
             with pytest.raises(RadioError, match="vanished"):
                 await asyncio.wait_for(waiter, 5)
             with pytest.raises(RadioError, match="vanished"):

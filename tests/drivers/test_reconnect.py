@@ -32,7 +32,7 @@ from drivers.transceiver import RadioError, RadioTimeout, Transceiver, TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, default_acker, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
 GW_A = bytes.fromhex("0257530000000001")
 GW_B = bytes.fromhex("02575300000000b2")
@@ -70,21 +70,15 @@ class Board:
         self.rcp = VirtualRcp(self.medium, rng, self.clock, eui64=eui64, channel=0)
         self.meter = Meter()
         self.medium.attach(self.meter, (20.0, 0.0), channel=9)
-        self.path = ""
-        self._server: asyncio.Task[None] | None = None
+        self.pty = PtyBoard(self.rcp)
 
     async def start(self) -> Board:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._server = asyncio.create_task(serve_pty(self.rcp, ready.set_result))
-        self.path = await ready
+        await self.pty.plug()
         return self
 
     async def pull_plug(self) -> None:
         """The board's end of the line goes away (USB unplugged, PTY master closed)."""
-        if self._server is not None:
-            self._server.cancel()
-            await asyncio.wait([self._server])
-            self._server = None
+        await self.pty.unplug()
 
     def meter_sends(self, seq: int) -> bytes:
         up = frames.encode(frames.data_frame(seq, PAN, self.rcp.eui64, METER, b"reading"))
@@ -101,7 +95,7 @@ class Factory:
 
     def __call__(self) -> Transceiver:
         self.calls += 1
-        path = self.board.path if self.board is not None else "/dev/no-board-plugged-in"
+        path = self.board.pty.path if self.board is not None else "/dev/no-board-plugged-in"
         return open_radio(f"spinel+uart://{path}?baudrate=460800&timeout=0.3&retries=1")
 
 
@@ -431,7 +425,7 @@ def test_reset_listeners_are_public_and_stack_with_the_wrappers_own() -> None:
             raise ValueError("a listener with a bug")
 
         def factory() -> Transceiver:
-            radio = open_radio(f"spinel+uart://{board.path}?timeout=0.3&retries=1")
+            radio = open_radio(f"spinel+uart://{board.pty.path}?timeout=0.3&retries=1")
             assert isinstance(radio, SpinelTransceiver)
             radio.add_reset_listener(broken)  # must not stop the re-apply or the others
             radio.add_reset_listener(heard.append)  # the agent's own listener, say

@@ -27,7 +27,7 @@ from drivers.spinel import Prop
 from firmware_agent.agent import HotplugWake, matched_radio_factory
 from firmware_agent.clock import ManualClock
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp
 
 AGENT = Path(sys.executable).with_name("firmware-agent")
 
@@ -86,21 +86,15 @@ class PluggedBoard:
         rng = random.Random(eui64[-1])
         self.serial = serial
         self.rcp = VirtualRcp(Medium(rng), rng, ManualClock(), eui64=eui64, channel=0)
-        self.path = ""
-        self._server: asyncio.Task[None] | None = None
+        self.pty = PtyBoard(self.rcp)
 
     async def plug(self) -> BoardCandidate:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._server = asyncio.create_task(serve_pty(self.rcp, ready.set_result))
-        self.path = await ready
-        props = {"DEVNAME": self.path, "ID_BUS": "usb", "ID_SERIAL_SHORT": self.serial}
-        return candidate_from_udev(UdevNode(f"/sys/class/tty/{self.path[5:]}", "tty", props))
+        path = await self.pty.plug()
+        props = {"DEVNAME": path, "ID_BUS": "usb", "ID_SERIAL_SHORT": self.serial}
+        return candidate_from_udev(UdevNode(f"/sys/class/tty/{path[5:]}", "tty", props))
 
     async def unplug(self) -> None:
-        if self._server is not None:
-            self._server.cancel()
-            await asyncio.wait([self._server])
-            self._server = None
+        await self.pty.unplug()
 
 
 def test_matched_board_is_found_again_on_another_node_and_a_replug_ends_the_backoff() -> None:
@@ -136,7 +130,7 @@ def test_matched_board_is_found_again_on_another_node_and_a_replug_ends_the_back
         board = PluggedBoard(SERIAL)
         other = PluggedBoard("SOMEONE-ELSE", eui64=bytes.fromhex("02575300000000ee"))
         plugged[:] = [await other.plug(), await board.plug()]
-        first_path = board.path
+        first_path = board.pty.path
         held: int | None = None
         started = asyncio.get_running_loop().time()
         try:
@@ -159,13 +153,13 @@ def test_matched_board_is_found_again_on_another_node_and_a_replug_ends_the_back
 
             # plugged back: the old node was still held, so it comes back as another one
             back = await board.plug()
-            assert board.path != first_path
+            assert board.pty.path != first_path
             plugged.append(back)
             wake.notify(BoardAppeared(back))
             reopened = await until(RadioEventKind.REOPENED)
             assert reopened.info is not None and reopened.info.hwaddr == GW
             assert isinstance(radio.inner, SpinelTransceiver)
-            assert radio.inner.name == board.path
+            assert radio.inner.name == board.pty.path
             assert (await radio.inner.get(Prop.PHY_CHAN, "C"))[0] == 7  # settings re-applied
             assert wake.wakeups == 2
             assert asyncio.get_running_loop().time() - started < 20  # not the 60 s backoff

@@ -22,7 +22,7 @@ from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames, ipv6, lowpan
 from firmware_agent.mesh.stack import MeshDatagramLink, MeshStack
 from hil.medium import Medium
-from hil.rcp import VirtualRcp, default_acker, serve_pty
+from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
 GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
@@ -57,26 +57,20 @@ class Board:
         self.rcp = VirtualRcp(self.medium, rng, ManualClock(), eui64=GW, channel=0)
         self.meter = Meter()
         self.medium.attach(self.meter, (20.0, 0.0), channel=CHANNEL)
-        self.path = ""
-        self._server: asyncio.Task[None] | None = None
+        self.pty = PtyBoard(self.rcp)
         self.seq = 0
 
     async def start(self) -> Board:
-        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._server = asyncio.create_task(serve_pty(self.rcp, ready.set_result))
-        self.path = await ready
+        await self.pty.plug()
         return self
 
     async def pull_plug(self) -> None:
-        if self._server is not None:
-            self._server.cancel()
-            await asyncio.wait([self._server])
-            self._server = None
+        await self.pty.unplug()
 
     def url(self) -> str:
         # Outages here are seen as the PTY going away, never by timing out: the request timeout
         # is only how long a busy machine may take to answer, so it is generous.
-        return f"spinel+uart://{self.path}?timeout={REQUEST_TIMEOUT_S}&retries=1"
+        return f"spinel+uart://{self.pty.path}?timeout={REQUEST_TIMEOUT_S}&retries=1"
 
     def meter_sends_udp(self, payload: bytes, port: int = 4059) -> None:
         src, dst = ipv6.link_local(METER), ipv6.link_local(GW)
