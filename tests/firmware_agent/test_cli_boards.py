@@ -85,9 +85,7 @@ def test_pasted_radio_section_loads_and_selects_that_board(tmp_path: Path, name:
     (pki / "gw.key").chmod(0o600)
     config = tmp_path / "gateway.yaml"
     config.write_text(
-        "gateway: {id: gw-1}\n"
-        + pasted
-        + "uplink:\n"
+        "gateway: {id: gw-1}\n" + pasted + "uplink:\n"
         "  broker_url: mqtts://127.0.0.1:8883\n"
         "  tls: {ca_file: pki/ca.crt, cert_file: pki/gw.crt, key_file: pki/gw.key}\n"
         "spool: {path: spool.sqlite}\n"

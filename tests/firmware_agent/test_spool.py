@@ -66,8 +66,11 @@ def test_priority_then_age_order(spool: Spool, clock: ManualClock) -> None:
     alarms = spool.add([reading("m3", 0, event="last gasp"), reading("m3", 1)], Priority.ALARM)
     order = [r.record_id for r in spool.next_batch(100, 1 << 20)]
     assert order == alarms + on_demand + interval
-    assert spool.depth_by_priority() == {Priority.ALARM: 2, Priority.ON_DEMAND: 1,
-                                         Priority.INTERVAL: 3}
+    assert spool.depth_by_priority() == {
+        Priority.ALARM: 2,
+        Priority.ON_DEMAND: 1,
+        Priority.INTERVAL: 3,
+    }
 
 
 def test_batch_limits_records_and_bytes_but_returns_at_least_one(spool: Spool) -> None:
@@ -118,8 +121,9 @@ def test_rejected_records_store_nothing(spool: Spool) -> None:
     assert spool.depth() == 0
 
 
-def test_reopen_keeps_records_and_returns_in_flight_to_pending(tmp_path: Path,
-                                                               clock: ManualClock) -> None:
+def test_reopen_keeps_records_and_returns_in_flight_to_pending(
+    tmp_path: Path, clock: ManualClock
+) -> None:
     s = Spool(tmp_path / "s.sqlite", clock)
     ids = s.add([reading("m", t) for t in range(3)], Priority.ON_DEMAND)
     s.mark_in_flight(ids)

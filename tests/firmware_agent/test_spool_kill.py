@@ -34,8 +34,12 @@ while True:
 
 def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
     db = tmp_path / "spool.sqlite"
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert proc.stdout is not None
     committed: set[str] = set()
     acked: set[str] = set()

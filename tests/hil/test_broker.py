@@ -22,8 +22,10 @@ def mtls_handshake(pki: Pki, port: int) -> str:
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
     pair = pki.client("gateway-01")
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         return str(tls.version())
 
 
@@ -34,9 +36,15 @@ def test_start_serves_mtls_and_stop_ends_the_process(pki: Pki, tmp_path: Path) -
         assert pid is not None and b.running
         assert mtls_handshake(pki, b.port) == "TLSv1.3"
         conf = b.config_file.read_text()
-        for line in ("require_certificate true", "use_identity_as_username true",
-                     "tls_version tlsv1.3", "persistence false", f"log_dest file {b.log_file}",
-                     "max_queued_messages 100000", f"listener {b.port} 127.0.0.1"):
+        for line in (
+            "require_certificate true",
+            "use_identity_as_username true",
+            "tls_version tlsv1.3",
+            "persistence false",
+            f"log_dest file {b.log_file}",
+            "max_queued_messages 100000",
+            f"listener {b.port} 127.0.0.1",
+        ):
             assert line in conf
         assert ("user root" in conf) == (os.geteuid() == 0)
         assert "running" in b.log_text()
@@ -68,8 +76,9 @@ def test_busy_port_is_a_clear_error(pki: Pki, tmp_path: Path) -> None:
 
 
 def test_early_exit_reports_the_log(pki: Pki, tmp_path: Path) -> None:
-    b = Mosquitto(pki, options=BrokerOptions(extra_config=("no_such_option 1",)),
-                  workdir=tmp_path / "b")
+    b = Mosquitto(
+        pki, options=BrokerOptions(extra_config=("no_such_option 1",)), workdir=tmp_path / "b"
+    )
     with pytest.raises(BrokerError, match="no_such_option") as e:
         b.start()
     assert "exited with status" in str(e.value)

@@ -29,11 +29,15 @@ def test_datetime_bytes_and_deviation_sign() -> None:
     assert axdr.parse_datetime_bytes(raw) == ts
     # local 23:13:20 with deviation -60 (Blue Book/gurux sign: UTC = local + deviation)
     local = bytes.fromhex("07e70b0eff170d14ffffc400")
-    assert axdr.parse_datetime_bytes(local) == datetime(2023, 11, 14, 22, 13, 20,
-                                                        tzinfo=UTC).timestamp()
+    assert (
+        axdr.parse_datetime_bytes(local)
+        == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC).timestamp()
+    )
     unspecified = bytes.fromhex("07e70b0eff160d14ff800000")
-    assert axdr.parse_datetime_bytes(unspecified) == datetime(2023, 11, 14, 22, 13, 20,
-                                                              tzinfo=UTC).timestamp()
+    assert (
+        axdr.parse_datetime_bytes(unspecified)
+        == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC).timestamp()
+    )
 
 
 @pytest.mark.parametrize(

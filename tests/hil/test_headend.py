@@ -15,8 +15,14 @@ from hil.pki import Pki, generate_pki
 
 
 def rec(key: str, n: int = 0) -> SpoolRecord:
-    return SpoolRecord.from_data(f"00000000-0000-4000-8000-{n:012d}", key, Priority.INTERVAL,
-                       1_700_000_000.0, {"device_id": "m1", "kw": 1.0}, 10)
+    return SpoolRecord.from_data(
+        f"00000000-0000-4000-8000-{n:012d}",
+        key,
+        Priority.INTERVAL,
+        1_700_000_000.0,
+        {"device_id": "m1", "kw": 1.0},
+        10,
+    )
 
 
 def message(mid: str, *records: SpoolRecord) -> bytes:
@@ -42,10 +48,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def publish(pki: Pki, port: int, topic: str, payload: bytes, retain: bool = False) -> None:
     pair = pki.client("gateway-01")
     subprocess.run(
-        ["mosquitto_pub", "-h", "localhost", "-p", str(port), "--cafile", str(pki.ca_cert),
-         "--cert", str(pair.cert), "--key", str(pair.key), "-V", "mqttv5", "-q", "1",
-         "-t", topic, "-s", *(["-r"] if retain else [])],
-        input=payload, check=True, timeout=10,
+        [
+            "mosquitto_pub",
+            "-h",
+            "localhost",
+            "-p",
+            str(port),
+            "--cafile",
+            str(pki.ca_cert),
+            "--cert",
+            str(pair.cert),
+            "--key",
+            str(pair.key),
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-s",
+            *(["-r"] if retain else []),
+        ],
+        input=payload,
+        check=True,
+        timeout=10,
     )
 
 
@@ -55,8 +81,13 @@ def test_subscriber_keeps_valid_and_counts_invalid(pki: Pki, tmp_path: Path) -> 
         publish(pki, b.port, "ami/gateway-01/readings", message("m2", rec("k1", 2)))
         publish(pki, b.port, "ami/gateway-01/readings", b"{not json")
         publish(pki, b.port, "ami/gateway-02/readings", message("m3", rec("k9", 9)))
-        publish(pki, b.port, "ami/gateway-01/status",
-                payloads.encode_status("gateway-01", "online", sent_at=1.7e9), retain=True)
+        publish(
+            pki,
+            b.port,
+            "ami/gateway-01/status",
+            payloads.encode_status("gateway-01", "online", sent_at=1.7e9),
+            retain=True,
+        )
         he.wait_for_status("gateway-01", "online", 5)
         got = he.wait_for_records(1, 5)
         assert [r["natural_key"] for r in got] == ["k1"]

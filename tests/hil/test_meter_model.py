@@ -64,8 +64,10 @@ def test_rows_only_up_to_now_inclusive_bounds_and_depth() -> None:
     assert [r.time for r in rows] == [m.capture_time(k) for k in (newest - 2, newest - 1, newest)]
     assert len(m.rows_between(0, NOW, NOW)) == 10
     assert m.rows_by_entry(1, 0, NOW)[0].time == m.capture_time(newest - 9)
-    assert [r.time for r in m.rows_by_entry(9, 0, NOW)] == [m.capture_time(newest - 1),
-                                                          m.capture_time(newest)]
+    assert [r.time for r in m.rows_by_entry(9, 0, NOW)] == [
+        m.capture_time(newest - 1),
+        m.capture_time(newest),
+    ]
 
 
 def test_period_and_offset() -> None:

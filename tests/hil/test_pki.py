@@ -35,9 +35,20 @@ def cn(cert: x509.Certificate) -> str:
 def test_files_names_and_key_modes(tmp_path: Path) -> None:
     pki = generate_pki(tmp_path / "pki", gateway_ids=("gateway-01", "gateway-02"), now=NOW)
     names = sorted(p.name for p in pki.directory.iterdir())
-    assert names == sorted(["ca.crt", "ca.key", "server.crt", "server.key", "headend.crt",
-                            "headend.key", "gateway-01.crt", "gateway-01.key",
-                            "gateway-02.crt", "gateway-02.key"])
+    assert names == sorted(
+        [
+            "ca.crt",
+            "ca.key",
+            "server.crt",
+            "server.key",
+            "headend.crt",
+            "headend.key",
+            "gateway-01.crt",
+            "gateway-01.key",
+            "gateway-02.crt",
+            "gateway-02.key",
+        ]
+    )
     for p in pki.directory.glob("*.key"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     assert stat.S_IMODE(pki.directory.stat().st_mode) == 0o700
@@ -72,7 +83,9 @@ def test_chain_names_sans_and_usages(tmp_path: Path) -> None:
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert set(san.get_values_for_type(x509.IPAddress)) == {
-        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+        ipaddress.ip_address("127.0.0.1"),
+        ipaddress.ip_address("::1"),
+    }
     eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in eku
     eku = gw.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

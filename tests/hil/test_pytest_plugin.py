@@ -112,8 +112,7 @@ def test_udev_board_that_is_not_connected_makes_the_target_absent(tmp_path: Path
     assert env.radio_url == "spinel+uart://?baudrate=460800"  # no device: nothing matched
     assert env.absent is not None
     assert env.absent.startswith(
-        "no radio board matches {ID_SERIAL_SHORT=not-plugged-in-0000, @ID_PATH=pci-*}; "
-        "boards seen:"
+        "no radio board matches {ID_SERIAL_SHORT=not-plugged-in-0000, @ID_PATH=pci-*}; boards seen:"
     )
     assert "\n" not in env.absent
 
@@ -162,9 +161,7 @@ def test_udev_board_that_is_not_connected_skips_the_suite_with_the_reason(
         ("{kind: serial}", "gateway.radio.kind must be virtual-rcp, url or udev, got 'serial'"),
     ],
 )
-def test_bad_udev_radio_is_an_environment_error(
-    tmp_path: Path, radio: str, complaint: str
-) -> None:
+def test_bad_udev_radio_is_an_environment_error(tmp_path: Path, radio: str, complaint: str) -> None:
     with pytest.raises(EnvError, match=r"bench-udev\.yaml: ") as caught:
         load_env(_udev_env(tmp_path, radio))
     assert complaint in str(caught.value)

@@ -92,13 +92,20 @@ def test_read_meter_end_to_end(transport: str) -> None:
         assert energy.time == "2023-11-14T22:12:38Z"
         assert result.energy_wh == energy.values[obis.ACTIVE_ENERGY_IMPORT]
         # the last four whole periods before the meter's now: 21:15 .. 22:00
-        assert [r.time for r in rows] == [f"2023-11-14T{t}:00Z" for t in
-                                          ("21:15", "21:30", "21:45", "22:00")]
+        assert [r.time for r in rows] == [
+            f"2023-11-14T{t}:00Z" for t in ("21:15", "21:30", "21:45", "22:00")
+        ]
         for r in rows:
             k = server.model.interval_index(datetime.fromisoformat(r.time).timestamp())
             s = server.model.interval(k)
             assert (r.vltg, r.crrnt, r.pf, r.kw, r.kva, r.load) == (
-                s.vltg_kv, s.crrnt_a, s.pf, s.kw, s.kva, s.load)
+                s.vltg_kv,
+                s.crrnt_a,
+                s.pf,
+                s.kw,
+                s.kva,
+                s.load,
+            )
             assert r.kva == pytest.approx(r.vltg * r.crrnt, abs=2e-3)
             assert r.kw == pytest.approx(r.kva * r.pf, abs=1e-3)
             assert r.values[obis.ACTIVE_ENERGY_IMPORT] == s.energy_wh
@@ -106,10 +113,26 @@ def test_read_meter_end_to_end(transport: str) -> None:
             assert r.device_id == "MTR-5" and r.arrival_time == "2023-11-14T22:13:20Z"
             assert r.natural_key == f"MTR-5|{obis.LOAD_PROFILE}|{r.time}"
             d = r.to_dict()
-            assert set(d) >= {"time", "arrival_time", "device_id", "load", "crrnt", "pf", "kva",
-                              "kw", "vltg", "values"}
-        assert set(result.timings_s) == {"associate", "clock", "energy", "profile", "release",
-                                         "total"}
+            assert set(d) >= {
+                "time",
+                "arrival_time",
+                "device_id",
+                "load",
+                "crrnt",
+                "pf",
+                "kva",
+                "kw",
+                "vltg",
+                "values",
+            }
+        assert set(result.timings_s) == {
+            "associate",
+            "clock",
+            "energy",
+            "profile",
+            "release",
+            "total",
+        }
         assert server.counters["associations"] == server.counters["released"] == 1
         assert not server.associated(16)
 
@@ -157,8 +180,7 @@ def test_range_read_returns_exactly_rows_in_range_over_tcp() -> None:
             while frame2 is not None:
                 frame2 = ex2.feed(await link.request(frame2, 2.0))
             times = [row[0] for row in ex2.result]
-        expect = [datetime(2023, 11, 14, 3, 15, tzinfo=UTC).timestamp() + 900 * i
-                  for i in range(8)]
+        expect = [datetime(2023, 11, 14, 3, 15, tzinfo=UTC).timestamp() + 900 * i for i in range(8)]
         assert [t.timestamp() for t in times] == expect
 
     run(go())

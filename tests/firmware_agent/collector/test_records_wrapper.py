@@ -34,7 +34,10 @@ CAPTURED = datetime(2023, 11, 14, 21, 15, tzinfo=UTC)
 
 def test_row_becomes_seed_002_reading() -> None:
     r = reading_from_row(
-        "M1", obis.LOAD_PROFILE, COLUMNS, [CAPTURED, 1234567, 2170, 868, 950, 1790, 1884, 42],
+        "M1",
+        obis.LOAD_PROFILE,
+        COLUMNS,
+        [CAPTURED, 1234567, 2170, 868, 950, 1790, 1884, 42],
         1_700_000_000.0,
     )
     assert (r.time, r.arrival_time) == ("2023-11-14T21:15:00Z", "2023-11-14T22:13:20Z")
@@ -67,8 +70,9 @@ def test_bad_rows_raise_record_error(row: list[object], message: str) -> None:
 
 
 def test_register_reading_and_scale() -> None:
-    r = reading_from_register("M1", Column(obis.ACTIVE_POWER_IMPORT, scaler=1, unit=27), 183,
-                              CAPTURED, CAPTURED)
+    r = reading_from_register(
+        "M1", Column(obis.ACTIVE_POWER_IMPORT, scaler=1, unit=27), 183, CAPTURED, CAPTURED
+    )
     assert r.kw == 1.83 and r.source == obis.ACTIVE_POWER_IMPORT
     assert scale(2301, -1) == 230.1 and scale(5, 3) == 5000 and scale(1.5, 0) == 1.5
     assert iso_utc(0) == "1970-01-01T00:00:00Z"

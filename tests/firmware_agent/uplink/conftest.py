@@ -30,9 +30,16 @@ def mqtt_broker(mtls_pki: Pki, tmp_path: Path) -> Iterator[Mosquitto]:
 def make_uplink_config(mtls_pki: Pki, mqtt_broker: Mosquitto) -> Callable[..., UplinkConfig]:
     """``make(gateway=..., host=..., cert=CertPair, ca_file=..., **UplinkConfig fields)``."""
 
-    def make(*, gateway: str = GATEWAY, host: str = "localhost", port: int | None = None,
-             cert: Any = None, ca_file: Path | None = None, tls_version: str = "1.3",
-             **kw: Any) -> UplinkConfig:
+    def make(
+        *,
+        gateway: str = GATEWAY,
+        host: str = "localhost",
+        port: int | None = None,
+        cert: Any = None,
+        ca_file: Path | None = None,
+        tls_version: str = "1.3",
+        **kw: Any,
+    ) -> UplinkConfig:
         pair = cert or mtls_pki.client(gateway)
         return UplinkConfig(
             broker_url=f"mqtts://{host}:{port or mqtt_broker.port}",

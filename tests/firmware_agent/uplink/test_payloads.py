@@ -21,20 +21,34 @@ MID = "5f0c8a2e-1b7d-4c3e-9a6f-0d2b4e6f8a1c"
 
 
 def rec(n: int, prio: Priority = Priority.INTERVAL, **data: Any) -> SpoolRecord:
-    return SpoolRecord.from_data(f"00000000-0000-4000-8000-{n:012d}", f"m1/1.0.1.8.0.255/{n}", prio,
-                       1_700_000_000.25, {"device_id": "m1", "kw": 1.5, **data}, 40)
+    return SpoolRecord.from_data(
+        f"00000000-0000-4000-8000-{n:012d}",
+        f"m1/1.0.1.8.0.255/{n}",
+        prio,
+        1_700_000_000.25,
+        {"device_id": "m1", "kw": 1.5, **data},
+        40,
+    )
 
 
 def test_readings_round_trip_and_schema() -> None:
-    data = p.encode_readings("gateway-01", [rec(1, Priority.ALARM), rec(2, vltg=230.1)],
-                             message_id=MID, sent_at=1_700_000_001.5)
+    data = p.encode_readings(
+        "gateway-01",
+        [rec(1, Priority.ALARM), rec(2, vltg=230.1)],
+        message_id=MID,
+        sent_at=1_700_000_001.5,
+    )
     doc = json.loads(data)
     jsonschema.validate(doc, READINGS)
     assert doc["sent_at"] == "2023-11-14T22:13:21.500Z"
     assert doc["records"][0] == {
         "record_id": "00000000-0000-4000-8000-000000000001",
-        "natural_key": "m1/1.0.1.8.0.255/1", "priority": "alarm",
-        "spooled_at": "2023-11-14T22:13:20.250Z", "device_id": "m1", "kw": 1.5}
+        "natural_key": "m1/1.0.1.8.0.255/1",
+        "priority": "alarm",
+        "spooled_at": "2023-11-14T22:13:20.250Z",
+        "device_id": "m1",
+        "kw": 1.5,
+    }
     msg = p.decode_readings(data)
     assert msg.message_id == MID and msg.gateway_id == "gateway-01"
     assert msg.records[1]["vltg"] == 230.1
@@ -63,8 +77,7 @@ def test_size_cap() -> None:
 def test_envelope_overhead_is_an_upper_bound() -> None:
     records = [rec(i) for i in range(50)]
     data = p.encode_readings("gateway-01", records, message_id=MID, sent_at=0)
-    body = sum(len(json.dumps(r.data, separators=(",", ":"))) + len(r.natural_key)
-               for r in records)
+    body = sum(len(json.dumps(r.data, separators=(",", ":"))) + len(r.natural_key) for r in records)
     assert len(data) <= body + p.envelope_overhead("gateway-01", 50)
 
 
@@ -110,10 +123,20 @@ def test_topics() -> None:
         p.parse_topic("ami/readings")
 
 
-@given(st.dictionaries(st.text(min_size=1).filter(lambda k: k not in p.RESERVED_FIELDS),
-                       st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False),
-                                 st.text(), st.booleans(), st.none()), max_size=8),
-       st.text(min_size=1))
+@given(
+    st.dictionaries(
+        st.text(min_size=1).filter(lambda k: k not in p.RESERVED_FIELDS),
+        st.one_of(
+            st.integers(),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.text(),
+            st.booleans(),
+            st.none(),
+        ),
+        max_size=8,
+    ),
+    st.text(min_size=1),
+)
 def test_any_record_dict_round_trips(data: dict[str, Any], key: str) -> None:
     r = SpoolRecord.from_data(MID, key, Priority.ON_DEMAND, 0.0, data, 1)
     blob = p.encode_readings("gw", [r], message_id=MID, sent_at=0)

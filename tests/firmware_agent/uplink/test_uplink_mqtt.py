@@ -34,8 +34,13 @@ FAST = UplinkTuning(backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeo
 
 
 def readings(n: int, start: int = 0, meter: str = "m1") -> list[tuple[dict[str, Any], str]]:
-    return [({"device_id": meter, "time": start + i, "kw": 0.5 + i, "obis": "1.0.1.8.0.255"},
-             f"{meter}/1.0.1.8.0.255/{start + i}") for i in range(n)]
+    return [
+        (
+            {"device_id": meter, "time": start + i, "kw": 0.5 + i, "obis": "1.0.1.8.0.255"},
+            f"{meter}/1.0.1.8.0.255/{start + i}",
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -54,8 +59,9 @@ async def eventually(cond: Callable[[], bool], timeout: float, what: str) -> Non
         await asyncio.sleep(0.01)
 
 
-def run_with_uplink(uplink: Uplink, body: Callable[[Uplink], Awaitable[None]],
-                    timeout: float = 30.0) -> None:
+def run_with_uplink(
+    uplink: Uplink, body: Callable[[Uplink], Awaitable[None]], timeout: float = 30.0
+) -> None:
     async def main() -> None:
         task = asyncio.create_task(uplink.run())
         try:
@@ -68,7 +74,9 @@ def run_with_uplink(uplink: Uplink, body: Callable[[Uplink], Awaitable[None]],
 
 
 def test_records_reach_head_end_and_leave_spool(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     ids = spool.add(readings(120), Priority.INTERVAL)
@@ -76,6 +84,7 @@ def test_records_reach_head_end_and_leave_spool(
     cfg = make_uplink_config(batch_max_records=25)
     uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), rng=random.Random(1), tuning=FAST)
     with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+
         async def body(up: Uplink) -> None:
             got = await he.wait_for_records_async(121, 10)
             await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
@@ -101,11 +110,14 @@ def test_records_reach_head_end_and_leave_spool(
 
 
 def test_records_added_while_running_are_sent(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST)
     with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+
         async def body(up: Uplink) -> None:
             await eventually(lambda: up.stats.connected, 5, "connect")
             for k in range(5):
@@ -118,7 +130,9 @@ def test_records_added_while_running_are_sent(
 
 
 def test_inflight_window_is_capped(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     spool.add(readings(300), Priority.INTERVAL)
@@ -138,7 +152,9 @@ def test_inflight_window_is_capped(
 
 
 def test_broker_restart_mid_stream_loses_nothing(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     ids = spool.add(readings(6000), Priority.INTERVAL)
@@ -148,6 +164,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     tuning = UplinkTuning(backoff=Backoff(initial_s=3.0, maximum_s=3.0))
     uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), rng=random.Random(5), tuning=tuning)
     with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+
         async def body(up: Uplink) -> None:
             await eventually(lambda: up.stats.published_records >= 500, 10, "first records")
             port = mqtt_broker.port
@@ -170,13 +187,17 @@ def test_broker_restart_mid_stream_loses_nothing(
 
 
 def test_client_cert_from_other_ca_is_rejected(
-    mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
     ids = spool.add(readings(10), Priority.INTERVAL)
-    uplink = Uplink(make_uplink_config(cert=foreign.client), GATEWAY, spool, SystemClock(),
-                    tuning=FAST)
+    uplink = Uplink(
+        make_uplink_config(cert=foreign.client), GATEWAY, spool, SystemClock(), tuning=FAST
+    )
 
     async def body(up: Uplink) -> None:
         await eventually(lambda: up.stats.connect_attempts >= 2, 5, "two attempts")
@@ -195,20 +216,25 @@ def test_client_cert_from_other_ca_is_rejected(
 
 
 def test_client_cert_rejected_in_a_tls12_handshake_is_named_too(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, tmp_path: Path,
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    tmp_path: Path,
 ) -> None:
     # With TLS 1.2 the broker refuses the certificate inside the handshake: classify the real
     # exception that a real handshake raises.
     import socket
 
     foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
-    with Mosquitto(mtls_pki, options=BrokerOptions(tls_version="1.2"),
-                   workdir=tmp_path / "b12") as b12:
+    with Mosquitto(
+        mtls_pki, options=BrokerOptions(tls_version="1.2"), workdir=tmp_path / "b12"
+    ) as b12:
         ctx = ssl.create_default_context(cafile=str(mtls_pki.ca_cert))
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(foreign.client.cert), str(foreign.client.key))
-        with socket.create_connection((b12.host, b12.port), timeout=5) as raw, \
-                pytest.raises(ssl.SSLError) as e:
+        with (
+            socket.create_connection((b12.host, b12.port), timeout=5) as raw,
+            pytest.raises(ssl.SSLError) as e,
+        ):
             ctx.wrap_socket(raw, server_hostname="localhost")
     err = classify_connect_error(e.value, "b12")
     assert err.kind is UplinkErrorKind.CLIENT_CERT_REJECTED, e.value
@@ -216,7 +242,9 @@ def test_client_cert_rejected_in_a_tls12_handshake_is_named_too(
 
 
 def test_untrusted_server_is_a_tls_handshake_failure(
-    mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
     tmp_path: Path,
 ) -> None:
     foreign = generate_foreign_client(tmp_path / "foreign", GATEWAY)
@@ -235,14 +263,18 @@ def test_untrusted_server_is_a_tls_handshake_failure(
 
 
 def test_hostname_not_in_server_cert_is_a_tls_handshake_failure(
-    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    tmp_path: Path,
+    spool: Spool,
+    make_uplink_config: Callable[..., UplinkConfig],
 ) -> None:
     from hil.pki import generate_pki
 
     other = generate_pki(tmp_path / "pki2", server_names=("broker.example",))
     with Mosquitto(other, workdir=tmp_path / "b") as b:
-        cfg = make_uplink_config(port=b.port, host="127.0.0.1", ca_file=other.ca_cert,
-                                 cert=other.client(GATEWAY))
+        cfg = make_uplink_config(
+            port=b.port, host="127.0.0.1", ca_file=other.ca_cert, cert=other.client(GATEWAY)
+        )
         uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
 
         async def body(up: Uplink) -> None:
@@ -254,7 +286,9 @@ def test_hostname_not_in_server_cert_is_a_tls_handshake_failure(
 
 
 def test_broker_unreachable(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     cfg = make_uplink_config()
@@ -271,13 +305,15 @@ def test_broker_unreachable(
 
 
 def test_not_authorised_connack(
-    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    tmp_path: Path,
+    spool: Spool,
+    make_uplink_config: Callable[..., UplinkConfig],
 ) -> None:
     opts = BrokerOptions(extra_config=("clientid_prefixes headend",))
     with Mosquitto(mtls_pki, options=opts, workdir=tmp_path / "b") as b:
         spool.add(readings(2), Priority.INTERVAL)
-        uplink = Uplink(make_uplink_config(port=b.port), GATEWAY, spool, SystemClock(),
-                        tuning=FAST)
+        uplink = Uplink(make_uplink_config(port=b.port), GATEWAY, spool, SystemClock(), tuning=FAST)
 
         async def body(up: Uplink) -> None:
             await eventually(lambda: up.stats.last_error != "", 5, "an error")
@@ -290,18 +326,27 @@ def test_not_authorised_connack(
 
 
 def test_tls12_when_configured(
-    mtls_pki: Pki, tmp_path: Path, spool: Spool, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    tmp_path: Path,
+    spool: Spool,
+    make_uplink_config: Callable[..., UplinkConfig],
 ) -> None:
     cfg12 = make_uplink_config(tls_version="1.2")
     assert build_ssl_context(cfg12.tls).minimum_version is ssl.TLSVersion.TLSv1_2
     assert build_ssl_context(make_uplink_config().tls).minimum_version is ssl.TLSVersion.TLSv1_3
     with pytest.raises(TlsSetupError, match=r"1\.1"):
         build_ssl_context(make_uplink_config(tls_version="1.1").tls)
-    with Mosquitto(mtls_pki, options=BrokerOptions(tls_version="1.2"),
-                   workdir=tmp_path / "b12") as b12:
+    with Mosquitto(
+        mtls_pki, options=BrokerOptions(tls_version="1.2"), workdir=tmp_path / "b12"
+    ) as b12:
         spool.add(readings(2), Priority.INTERVAL)
-        uplink12 = Uplink(make_uplink_config(port=b12.port, tls_version="1.2"), GATEWAY, spool,
-                          SystemClock(), tuning=FAST)
+        uplink12 = Uplink(
+            make_uplink_config(port=b12.port, tls_version="1.2"),
+            GATEWAY,
+            spool,
+            SystemClock(),
+            tuning=FAST,
+        )
 
         async def ok(up: Uplink) -> None:
             await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
@@ -317,18 +362,28 @@ def test_broker_accepts_only_tls13_by_default(mtls_pki: Pki, mqtt_broker: Mosqui
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
     import socket
 
-    with socket.create_connection((mqtt_broker.host, mqtt_broker.port), timeout=5) as raw, \
-            pytest.raises(ssl.SSLError):
+    with (
+        socket.create_connection((mqtt_broker.host, mqtt_broker.port), timeout=5) as raw,
+        pytest.raises(ssl.SSLError),
+    ):
         ctx.wrap_socket(raw, server_hostname="localhost")
 
 
 def test_expiring_client_cert_is_warned_about(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
-    spool: Spool, caplog: pytest.LogCaptureFixture,
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = dt.datetime.now(dt.UTC)
-    soon = issue_client(mtls_pki, GATEWAY, not_before=now - dt.timedelta(days=1),
-                        not_after=now + dt.timedelta(days=10), stem="gw-soon")
+    soon = issue_client(
+        mtls_pki,
+        GATEWAY,
+        not_before=now - dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=10),
+        stem="gw-soon",
+    )
     uplink = Uplink(make_uplink_config(cert=soon), GATEWAY, spool, SystemClock(), tuning=FAST)
 
     async def body(up: Uplink) -> None:
@@ -341,7 +396,9 @@ def test_expiring_client_cert_is_warned_about(
 
 
 def test_missing_key_file_fails_fast(
-    make_uplink_config: Callable[..., UplinkConfig], spool: Spool, tmp_path: Path,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+    tmp_path: Path,
 ) -> None:
     from hil.pki import CertPair
 
@@ -352,7 +409,8 @@ def test_missing_key_file_fails_fast(
 
 
 def test_stop_before_run_and_bad_arguments(
-    make_uplink_config: Callable[..., UplinkConfig], spool: Spool,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
 ) -> None:
     cfg = make_uplink_config()
     with pytest.raises(Exception, match="gateway_id"):
@@ -382,7 +440,9 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 def test_payload_on_the_wire_is_the_documented_one(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     jsonschema = pytest.importorskip("jsonschema")
@@ -404,6 +464,7 @@ def test_payload_on_the_wire_is_the_documented_one(
     sniffer.subscribe("ami/#", qos=1)
     sniffer.loop_start()
     try:
+
         async def body(up: Uplink) -> None:
             await eventually(lambda: sum(t.endswith("/readings") for t, _ in raw) >= 1, 5, "msg")
 
@@ -423,7 +484,9 @@ def test_payload_on_the_wire_is_the_documented_one(
 
 
 def test_expired_client_cert_is_rejected_and_warned_about(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     from hil.pki import issue_expired_client
@@ -443,15 +506,19 @@ def test_expired_client_cert_is_rejected_and_warned_about(
 
 
 def test_large_batches_respect_the_message_cap(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, make_uplink_config: Callable[..., UplinkConfig],
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
     spool: Spool,
 ) -> None:
     big = [({"device_id": "m", "seq": i, "blob": "y" * 3000}, f"m/{i}") for i in range(60)]
     spool.add(big, Priority.INTERVAL)
     tuning = UplinkTuning(max_message_bytes=20_000)
-    uplink = Uplink(make_uplink_config(batch_max_records=1000), GATEWAY, spool, SystemClock(),
-                    tuning=tuning)
+    uplink = Uplink(
+        make_uplink_config(batch_max_records=1000), GATEWAY, spool, SystemClock(), tuning=tuning
+    )
     with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+
         async def body(up: Uplink) -> None:
             await he.wait_for_records_async(60, 10)
 
@@ -484,7 +551,9 @@ asyncio.run(main())
 
 
 def test_killed_gateway_leaves_last_will_and_a_spool_that_resumes(
-    mtls_pki: Pki, mqtt_broker: Mosquitto, tmp_path: Path,
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    tmp_path: Path,
     make_uplink_config: Callable[..., UplinkConfig],
 ) -> None:
     import os
@@ -496,9 +565,20 @@ def test_killed_gateway_leaves_last_will_and_a_spool_that_resumes(
     pair = mtls_pki.client(GATEWAY)
     with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
         proc = subprocess.Popen(
-            [sys.executable, "-c", UPLINK_PROCESS, f"mqtts://localhost:{mqtt_broker.port}",
-             str(mtls_pki.ca_cert), str(pair.cert), str(pair.key), str(db)],
-            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[3])
+            [
+                sys.executable,
+                "-c",
+                UPLINK_PROCESS,
+                f"mqtts://localhost:{mqtt_broker.port}",
+                str(mtls_pki.ca_cert),
+                str(pair.cert),
+                str(pair.key),
+                str(db),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[3],
+        )
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == "CONNECTED"
