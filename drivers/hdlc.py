@@ -118,24 +118,34 @@ class HdlcBadEscape(HdlcError):
     """An escape byte immediately followed by a flag (an aborted frame)."""
 
 
+_FLIPPED = [bytes((byte ^ 0x20,)) for byte in range(256)]
+
+
 def _unescape(raw: bytes) -> tuple[bytes, bool]:
     """Undo the escaping of one frame's bytes (no flags inside). Returns the bytes and whether
     they ended in a lone escape byte (dropped). ``7D x`` is ``x ^ 0x20`` for any ``x``, so
-    ``7D 7D`` is ``5D``."""
-    pos = raw.find(b"\x7d")
-    if pos < 0:
+    ``7D 7D`` is ``5D``.
+
+    Works on the pieces between escape bytes: each piece after a ``7D`` starts with the escaped
+    byte; an empty piece is a ``7D`` that was itself escaped (or a lone one at the end)."""
+    parts = raw.split(b"\x7d")
+    if len(parts) == 1:
         return raw, False
-    out = bytearray(raw)
-    last = len(out) - 1
-    while pos >= 0:
-        if pos == last:
-            del out[pos]
-            return bytes(out), True
-        del out[pos]
-        out[pos] ^= 0x20
-        last -= 1
-        pos = out.find(b"\x7d", pos + 1)
-    return bytes(out), False
+    out = [parts[0]]
+    i, last = 1, len(parts) - 1
+    while i <= last:
+        part = parts[i]
+        if part:
+            out.append(_FLIPPED[part[0]])
+            out.append(part[1:])
+            i += 1
+        elif i == last:
+            return b"".join(out), True
+        else:  # 7D 7D: the escaped byte is 7D itself, and the next piece is all literal
+            out.append(b"\x5d")
+            out.append(parts[i + 1])
+            i += 2
+    return b"".join(out), False
 
 
 class HdlcDecoder:

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BAUDRATE = 460800
 #: Stop reading from the port while this much received data waits for the consumer.
 READ_HIGH_WATER = 1 << 20
+#: ``write`` waits while more than this much is queued for a port that is not taking it.
+WRITE_HIGH_WATER = 64 << 10
 
 
 class SerialTransport:
@@ -43,6 +45,11 @@ class SerialTransport:
         self._reading = False
         self._data_ready = asyncio.Event()
         self._error: RadioError | None = None
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_pending = False
+        self._writing = False
+        self._drained = asyncio.Event()
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -93,7 +100,9 @@ class SerialTransport:
             log.error("%s", error)
             self._error = error
         self._pause_reading()
+        self._stop_writing()
         self._data_ready.set()
+        self._drained.set()
 
     async def read(self) -> bytes:
         """The bytes received since the last call (waits for at least one)."""
@@ -111,41 +120,79 @@ class SerialTransport:
         return data
 
     async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self._error is not None:
-                raise self._error
-            if self._fd < 0:
-                raise RadioError(f"serial port {self.port} is not open")
+        """Queue ``data`` for the port. Frames written in the same event-loop turn leave in one
+        ``os.write`` at the end of the turn (no added latency, far fewer syscalls under load).
+        Waits only while more than WRITE_HIGH_WATER bytes are queued; a port that fails later
+        raises from the next ``read``/``write``."""
+        if self._error is not None:
+            raise self._error
+        if self._fd < 0 or self._loop is None:
+            raise RadioError(f"serial port {self.port} is not open")
+        if not self._flush_pending:
+            # First write of this turn: straight to the port, so the board starts on it while
+            # we produce the rest; later writes in the turn queue behind it.
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
             try:
-                written = os.write(self._fd, view)
+                written = os.write(self._fd, data)
             except (BlockingIOError, InterruptedError):
                 written = 0
             except OSError as exc:
                 error = RadioError(f"serial port {self.port} vanished: {exc}")
                 self._set_error(error)
                 raise error from exc
-            view = view[written:]
-            if view:
-                await self._writable()
+            if written == len(data):
+                return
+            data = data[written:]
+        self._out.append(data)
+        self._out_bytes += len(data)
+        while self._out_bytes > WRITE_HIGH_WATER and self._error is None:
+            self._drained.clear()
+            await self._drained.wait()
+        if self._error is not None:
+            raise self._error
 
-    async def _writable(self) -> None:
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        self._loop.add_writer(self._fd, ready)
+    def _flush(self) -> None:
+        """Write what is queued; what the kernel does not take waits for the port to be writable."""
+        if self._fd < 0 or self._error is not None or not self._out:
+            self._flush_pending = False
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         try:
-            await fut
-        finally:
-            if self._fd >= 0:
-                self._loop.remove_writer(self._fd)
+            written = os.write(self._fd, data)
+        except (BlockingIOError, InterruptedError):
+            written = 0
+        except OSError as exc:
+            self._flush_pending = False
+            self._set_error(RadioError(f"serial port {self.port} vanished: {exc}"))
+            return
+        rest = data[written:]
+        self._out = [rest] if rest else []
+        self._out_bytes = len(rest)
+        if self._out_bytes <= WRITE_HIGH_WATER:
+            self._drained.set()
+        if rest:
+            if not self._writing:
+                assert self._loop is not None
+                self._loop.add_writer(self._fd, self._flush)
+                self._writing = True
+        else:
+            self._flush_pending = False
+            self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        if self._writing and self._loop is not None and self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+        self._writing = False
 
     def close(self) -> None:
+        if self._out and self._fd >= 0 and self._error is None:
+            with contextlib.suppress(OSError):  # best effort: what the port takes right now
+                os.write(self._fd, b"".join(self._out))
+        self._out.clear()
+        self._out_bytes = 0
         self._pause_reading()
+        self._stop_writing()
         if self._serial is not None:
             with contextlib.suppress(OSError, serial.SerialException):
                 self._serial.close()
@@ -154,6 +201,7 @@ class SerialTransport:
         if self._error is None:
             self._error = RadioError(f"serial port {self.port} closed")
         self._data_ready.set()
+        self._drained.set()
 
     async def wait_closed(self) -> None:
         return None

@@ -1,7 +1,8 @@
 """The C-backed HDLC codec against a plain byte-by-byte reference kept here.
 
-The production codec splits on flags, unescapes with ``bytes.find`` and computes the FCS with
-``binascii.crc_hqx`` over bit-reversed bytes. These properties pin it to the obvious
+The production codec splits on flags, unescapes piece by piece between escape bytes and
+computes the FCS with ``binascii.crc_hqx`` over bit-reversed bytes. These properties pin it to
+the obvious
 implementation (a CRC table and one state machine step per byte): same FCS for any register,
 same wire bytes, and the same frames and typed errors (class, message, data) for any input fed in
 any pieces.
