@@ -43,7 +43,7 @@ class SerialTransport:
         self._chunks: list[bytes] = []
         self._buffered = 0
         self._reading = False
-        self._data_ready = asyncio.Event()
+        self._reader_waiting: asyncio.Future[None] | None = None
         self._error: RadioError | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -93,7 +93,7 @@ class SerialTransport:
         self._buffered += len(data)
         if self._buffered >= READ_HIGH_WATER:
             self._pause_reading()
-        self._data_ready.set()
+        self._wake_reader()
 
     def _set_error(self, error: RadioError) -> None:
         if self._error is None:
@@ -101,8 +101,13 @@ class SerialTransport:
             self._error = error
         self._pause_reading()
         self._stop_writing()
-        self._data_ready.set()
+        self._wake_reader()
         self._drained.set()
+
+    def _wake_reader(self) -> None:
+        waiter = self._reader_waiting
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def read(self) -> bytes:
         """The bytes received since the last call (waits for at least one)."""
@@ -111,8 +116,12 @@ class SerialTransport:
                 raise self._error
             if self._fd < 0:
                 raise RadioError(f"serial port {self.port} is not open")
-            self._data_ready.clear()
-            await self._data_ready.wait()
+            assert self._loop is not None
+            self._reader_waiting = self._loop.create_future()
+            try:
+                await self._reader_waiting
+            finally:
+                self._reader_waiting = None
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
@@ -200,7 +209,7 @@ class SerialTransport:
         self._fd = -1
         if self._error is None:
             self._error = RadioError(f"serial port {self.port} closed")
-        self._data_ready.set()
+        self._wake_reader()
         self._drained.set()
 
     async def wait_closed(self) -> None:
