@@ -3,6 +3,7 @@ virtual time and production runs on the system's."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -43,3 +44,19 @@ class ManualClock:
             raise ValueError("a clock cannot go back")
         self._wall += seconds
         self._mono += seconds
+
+
+class LoopClock:
+    """The running event loop's clock, anchored to a wall-clock epoch: under a virtual-time
+    loop (the simulator) records and timeouts follow simulated time; on a normal loop it is
+    the monotonic clock with the wall time it started at."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, epoch: float) -> None:
+        self._loop = loop
+        self._offset = epoch - loop.time()
+
+    def now(self) -> float:
+        return self._offset + self._loop.time()
+
+    def monotonic(self) -> float:
+        return self._loop.time()
