@@ -395,6 +395,40 @@ class CollectorConfig:
     retries: int = field(default=2, metadata=rules(non_negative))
 
 
+def ula_prefix(value: Any, _: Mapping[str, Any]) -> None:
+    """The mesh's /64: an IPv6 prefix written as an address ending in ``::``."""
+    try:
+        net = ipaddress.IPv6Network(str(value))
+    except ValueError as exc:
+        raise InvalidValue(f"{value!r} is not an IPv6 prefix like fd00:7a:1::/64 ({exc})") from None
+    if net.prefixlen != 64:
+        raise InvalidValue(f"{value!r}: the mesh prefix must be a /64")
+    if net.is_multicast or net.is_link_local:
+        raise InvalidValue(f"{value!r}: the mesh prefix must be a unicast, routable /64")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """The gateway's side of the mesh: the RPL root, the routing table, link thresholds."""
+
+    prefix: str = field(default="fd00:7a:1::/64", metadata=rules(ula_prefix))
+    pan_id: int = field(default=0xABCD, metadata=rules(in_range(0, 0xFFFE)))
+    # Largest MAC payload per frame before 6LoWPAN fragments (802.15.4g allows up to 2047-byte
+    # PSDUs; Wi-SUN meters commonly take far less).
+    max_frame_payload: int = field(default=200, metadata=rules(in_range(40, 2000)))
+    reassembly_timeout_s: float = field(default=60.0, metadata=rules(positive))
+    dio_imin_s: float = field(default=1.0, metadata=rules(positive))
+    dio_doublings: int = field(default=12, metadata=rules(in_range(0, 30)))
+    dio_redundancy: int = field(default=10, metadata=rules(non_negative))
+    dao_lifetime_s: float = field(default=7200.0, metadata=rules(positive))
+    snr_floor_db: float = field(default=8.0, metadata=rules(in_range(-20, 60)))
+    snr_ok_db: float = field(default=14.0, metadata=rules(in_range(-20, 60)))
+    snr_hysteresis_db: float = field(default=3.0, metadata=rules(non_negative))
+    silent_after_s: float = field(default=1800.0, metadata=rules(positive))
+    # The routing table is saved here (atomically) and reloaded at start; None: not persisted.
+    routes_file: Path | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig
@@ -403,6 +437,7 @@ class Config:
     spool: SpoolConfig
     meters: tuple[MeterConfig, ...] = field(metadata=rules(unique("id", "meter id"), include=True))
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     source: Path | None = field(default=None, metadata=rules(from_yaml=False))
 
 
