@@ -3,11 +3,22 @@
 Frames are PSDUs with a 2-byte FCS (CRC-16/KERMIT, as 802.15.4 specifies for 2-octet FCS).
 Extended addresses are carried least significant octet first on the air; this module takes and
 returns them in the usual written (big-endian EUI-64) order so that callers never reverse bytes.
+
+Information elements (IEEE 802.15.4-2015 §7.4): header IEs and payload IEs are both encoded and
+decoded. The codec adds the termination IEs itself, following the standard's inclusion rules
+(table 7-6): Header Termination 1 (0x7E) before payload IEs, Header Termination 2 (0x7F) between
+header IEs and a MAC payload when there are no payload IEs, and a Payload Termination IE (group
+0xF) between payload IEs and a MAC payload. Callers never put termination IEs in a frame.
+
+Wi-SUN's RSL IE (a Wi-SUN header IE, element id 0x2A, sub-id 0x04, one byte = dBm + 174) is how a
+peer tells us the level at which it hears us ("RSL out"); :func:`rsl_ie`, :func:`find_rsl` and
+``ack_for(frame, rsl_dbm=...)`` build and read it.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -36,8 +47,14 @@ class AddrMode(enum.IntEnum):
 
 @dataclass(frozen=True)
 class HeaderIE:
-    element_id: int
-    content: bytes
+    element_id: int  # 0..255, not a termination id (0x7E, 0x7F)
+    content: bytes  # up to 127 bytes
+
+
+@dataclass(frozen=True)
+class PayloadIE:
+    group_id: int  # 0..14 (0xF is the payload termination the codec adds itself)
+    content: bytes  # up to 2047 bytes
 
 
 @dataclass(frozen=True)
@@ -53,10 +70,18 @@ class Frame:
     version: int = 2
     header_ies: tuple[HeaderIE, ...] = field(default_factory=tuple)
     payload: bytes = b""
+    payload_ies: tuple[PayloadIE, ...] = field(default_factory=tuple)
 
 
 HT1 = 0x7E  # header termination: payload IEs follow
 HT2 = 0x7F  # header termination: payload follows, no payload IEs
+PAYLOAD_TERMINATION = 0xF  # payload IE group id that ends the payload IE list
+MAX_HEADER_IE_CONTENT = 0x7F
+MAX_PAYLOAD_IE_CONTENT = 0x7FF
+
+WISUN_HEADER_IE = 0x2A  # Wi-SUN header IE (IEEE 802.15.4 ANA); content starts with a sub-id
+WISUN_SUBID_RSL = 0x04  # Received Signal Level IE
+RSL_OFFSET_DBM = 174  # RSL byte = dBm + 174, clamped to 0..255
 
 
 def fcs16(data: bytes) -> int:
@@ -110,7 +135,9 @@ def encode(frame: Frame) -> bytes:
     """The PSDU for ``frame``, FCS included."""
     dmode, smode = _mode_of(frame.dst), _mode_of(frame.src)
     compress = _choose_compression(frame)
-    has_ies = bool(frame.header_ies)
+    has_ies = bool(frame.header_ies or frame.payload_ies)
+    if has_ies and frame.version != 2:
+        raise FrameError(f"IEs need frame version 2, this frame is version {frame.version}")
     fc = (
         int(frame.frame_type)
         | frame.frame_pending << 4
@@ -133,20 +160,53 @@ def encode(frame: Frame) -> bytes:
         out += struct.pack("<H", frame.src_pan)
     if frame.src is not None:
         out += frame.src[::-1]
-    for ie in frame.header_ies:
-        if len(ie.content) > 127:
-            raise FrameError(
-                f"header IE 0x{ie.element_id:02x} content too long ({len(ie.content)})"
-            )
-        out += struct.pack("<H", len(ie.content) | ie.element_id << 7) + ie.content
-    if has_ies and frame.payload:
-        out += struct.pack("<H", HT2 << 7)
+    out += _encode_ies(frame)
     out += frame.payload
     if len(out) + FCS_LEN > MAX_PSDU:
         raise FrameError(
             f"frame of {len(out) + FCS_LEN} bytes exceeds the {MAX_PSDU}-byte PSDU limit"
         )
     return bytes(out) + struct.pack("<H", fcs16(bytes(out)))
+
+
+def _header_ie_descriptor(element_id: int, length: int) -> bytes:
+    return struct.pack("<H", length | element_id << 7)
+
+
+def _encode_ies(frame: Frame) -> bytes:
+    """Header IEs, payload IEs and the termination IEs the standard's table 7-6 asks for."""
+    out = bytearray()
+    for ie in frame.header_ies:
+        if not 0 <= ie.element_id <= 0xFF:
+            raise FrameError(f"header IE element id {ie.element_id} is not 0..255")
+        if ie.element_id in (HT1, HT2):
+            raise FrameError(
+                f"header IE 0x{ie.element_id:02x} is a termination IE; the codec adds those"
+            )
+        if len(ie.content) > MAX_HEADER_IE_CONTENT:
+            raise FrameError(
+                f"header IE 0x{ie.element_id:02x} content too long ({len(ie.content)})"
+            )
+        out += _header_ie_descriptor(ie.element_id, len(ie.content)) + ie.content
+    if frame.payload_ies:
+        out += _header_ie_descriptor(HT1, 0)
+        for pie in frame.payload_ies:
+            if not 0 <= pie.group_id < PAYLOAD_TERMINATION:
+                raise FrameError(
+                    f"payload IE group id {pie.group_id} is not 0..14 "
+                    "(0xF is the termination the codec adds)"
+                )
+            if len(pie.content) > MAX_PAYLOAD_IE_CONTENT:
+                raise FrameError(
+                    f"payload IE group 0x{pie.group_id:x} content too long ({len(pie.content)})"
+                )
+            out += struct.pack("<H", 0x8000 | pie.group_id << 11 | len(pie.content))
+            out += pie.content
+        if frame.payload:
+            out += struct.pack("<H", 0x8000 | PAYLOAD_TERMINATION << 11)
+    elif frame.header_ies and frame.payload:
+        out += _header_ie_descriptor(HT2, 0)
+    return bytes(out)
 
 
 def decode(psdu: bytes, *, check_fcs: bool = True) -> Frame:
@@ -179,15 +239,18 @@ def decode(psdu: bytes, *, check_fcs: bool = True) -> Frame:
     src_pan = reader.u16() if span_present else None
     src = reader.take(8 if smode == AddrMode.EXTENDED else 2)[::-1] if smode else None
     ies: list[HeaderIE] = []
+    pies: list[PayloadIE] = []
     if has_ies:
         while reader.remaining():
-            (hdr,) = struct.unpack("<H", reader.take(2))
+            hdr = reader.u16()
             if hdr & 0x8000:
                 raise FrameError("payload IE found where a header IE was expected")
             eid, length = (hdr >> 7) & 0xFF, hdr & 0x7F
             if eid in (HT1, HT2):
+                if length:
+                    raise FrameError(f"header termination IE 0x{eid:02x} with length {length}")
                 if eid == HT1:
-                    _skip_payload_ies(reader)
+                    pies = _decode_payload_ies(reader)
                 break
             ies.append(HeaderIE(eid, reader.take(length)))
     return Frame(
@@ -202,16 +265,25 @@ def decode(psdu: bytes, *, check_fcs: bool = True) -> Frame:
         version=version,
         header_ies=tuple(ies),
         payload=reader.rest(),
+        payload_ies=tuple(pies),
     )
 
 
-def _skip_payload_ies(reader: _Reader) -> None:
+def _decode_payload_ies(reader: _Reader) -> list[PayloadIE]:
+    """Payload IEs up to the Payload Termination IE (which may be omitted when no MAC payload
+    follows, so the end of the frame also ends the list)."""
+    out: list[PayloadIE] = []
     while reader.remaining():
-        (hdr,) = struct.unpack("<H", reader.take(2))
+        hdr = reader.u16()
+        if not hdr & 0x8000:
+            raise FrameError("header IE found among the payload IEs")
         group, length = (hdr >> 11) & 0xF, hdr & 0x7FF
-        reader.take(length)
-        if group == 0xF:
-            return
+        if group == PAYLOAD_TERMINATION:
+            if length:
+                raise FrameError(f"payload termination IE with length {length}")
+            break
+        out.append(PayloadIE(group, reader.take(length)))
+    return out
 
 
 class _Reader:
@@ -253,6 +325,39 @@ def data_frame(
     )
 
 
-def ack_for(frame: Frame) -> Frame:
-    """The Enh-Ack (frame version 2) answering ``frame``: same sequence number, addressed back."""
-    return Frame(FrameType.ACK, frame.seq, dst=frame.src, dst_pan=None, version=2)
+def ack_for(frame: Frame, rsl_dbm: float | None = None) -> Frame:
+    """The Enh-Ack (frame version 2) answering ``frame``: same sequence number, addressed back.
+
+    With ``rsl_dbm`` the ack carries the RSL IE: how well we hear the sender, which the sender
+    records as its "RSL out" towards us (Wi-SUN FAN link metrics)."""
+    ies = (rsl_ie(rsl_dbm),) if rsl_dbm is not None else ()
+    return Frame(FrameType.ACK, frame.seq, dst=frame.src, dst_pan=None, version=2, header_ies=ies)
+
+
+def rsl_byte(rsl_dbm: float) -> int:
+    """The one-byte RSL encoding: dBm + 174, rounded and clamped to 0..255."""
+    if not math.isfinite(rsl_dbm):
+        raise FrameError(f"RSL must be a finite number of dBm, got {rsl_dbm!r}")
+    return max(0, min(255, round(rsl_dbm + RSL_OFFSET_DBM)))
+
+
+def rsl_ie(rsl_dbm: float) -> HeaderIE:
+    """The Wi-SUN RSL IE (header IE 0x2A, sub-id 0x04) for a received level in dBm."""
+    return HeaderIE(WISUN_HEADER_IE, bytes((WISUN_SUBID_RSL, rsl_byte(rsl_dbm))))
+
+
+def find_rsl(frame: Frame) -> float | None:
+    """The RSL (dBm) the frame's RSL IE reports, or None when the frame carries none.
+
+    A Wi-SUN header IE with the RSL sub-id but the wrong content length is a FrameError."""
+    for ie in frame.header_ies:
+        if ie.element_id != WISUN_HEADER_IE or not ie.content:
+            continue
+        if ie.content[0] != WISUN_SUBID_RSL:
+            continue
+        if len(ie.content) != 2:
+            raise FrameError(
+                f"RSL IE must carry 1 content byte after its sub-id, got {len(ie.content) - 1}"
+            )
+        return float(ie.content[1] - RSL_OFFSET_DBM)
+    return None

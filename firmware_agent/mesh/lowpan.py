@@ -1,13 +1,15 @@
 """6LoWPAN header compression (RFC 6282 IPHC + UDP NHC) between IPv6 packets and MAC payloads.
 
-Sans-IO. Addresses that can be rebuilt from the MAC header are elided; anything else is carried
-inline. Stateful (context-based) compression and RFC 4944 fragmentation come with the mesh issue;
-a frame using them gets a LowpanError that says so.
+Sans-IO. Addresses that can be rebuilt from the MAC header are elided; anything else (global
+addresses, for instance) is carried inline. Stateful (context-based) compression is not supported
+and gets a LowpanError that says so. RFC 4944 fragments are handled a layer up, in
+``fragments.py`` / ``adaptation.py``; :func:`header_sizes` is what reassembly needs from here.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 
 from firmware_agent.mesh.ipv6 import UDP, Ipv6Packet, PacketError, decode_ipv6, iid_from_mac
 
@@ -91,21 +93,27 @@ class _Cursor:
         return chunk
 
 
-def decompress(data: bytes, src_mac: bytes, dst_mac: bytes) -> Ipv6Packet:
-    """Expand a MAC payload into the IPv6 packet it carries."""
-    if not data:
-        raise LowpanError("empty 6LoWPAN payload")
-    if data[0] == DISPATCH_IPV6:
-        try:
-            return decode_ipv6(data[1:])
-        except PacketError as exc:
-            raise LowpanError(f"uncompressed IPv6: {exc}") from None
-    if data[0] & 0xF8 in (0xC0, 0xE0):
-        raise LowpanError("6LoWPAN fragments are not supported yet (RFC 4944 reassembly)")
-    if data[0] >> 5 != 0b011:
-        raise LowpanError(f"unknown 6LoWPAN dispatch 0x{data[0]:02x}")
-    cur = _Cursor(data)
+@dataclass(frozen=True)
+class _Iphc:
+    """The fields of an IPHC header as read off the wire, addresses not yet expanded."""
+
+    next_header: int | None  # None: UDP, compressed with NHC after the addresses
+    hop_limit: int
+    sam: int
+    src_inline: bytes
+    multicast: bool
+    dam: int
+    dst_inline: bytes
+
+
+_UNICAST_INLINE = {0b00: 16, 0b01: 8, 0b10: 2, 0b11: 0}
+_MULTICAST_INLINE = {0b00: 16, 0b01: 6, 0b10: 4, 0b11: 1}
+
+
+def _read_iphc(cur: _Cursor) -> _Iphc:
     b0, b1 = cur.take(2, "IPHC header")
+    if b0 >> 5 != 0b011:
+        raise LowpanError(f"unknown 6LoWPAN dispatch 0x{b0:02x}")
     tf, nh, hlim_code = (b0 >> 3) & 3, (b0 >> 2) & 1, b0 & 3
     cid, sac, sam, m, dac, dam = (
         b1 >> 7,
@@ -118,41 +126,91 @@ def decompress(data: bytes, src_mac: bytes, dst_mac: bytes) -> Ipv6Packet:
     if cid or sac or dac:
         raise LowpanError("context-based address compression is not supported yet")
     cur.take({0: 4, 1: 3, 2: 1, 3: 0}[tf], "traffic class / flow label")
-    next_header = UDP if nh else cur.take(1, "next header")[0]
+    next_header = None if nh else cur.take(1, "next header")[0]
     hop_limit = _HLIM_VALUES[hlim_code] if hlim_code else cur.take(1, "hop limit")[0]
-    src = _expand_unicast(cur, sam, src_mac)
-    dst = _expand_multicast(cur, dam) if m else _expand_unicast(cur, dam, dst_mac)
-    payload = _expand_udp(cur) if nh else data[cur.pos :]
-    return Ipv6Packet(src, dst, next_header, payload, hop_limit)
+    src_inline = cur.take(_UNICAST_INLINE[sam], "source address")
+    dst_inline = cur.take((_MULTICAST_INLINE if m else _UNICAST_INLINE)[dam], "destination address")
+    return _Iphc(next_header, hop_limit, sam, src_inline, bool(m), dam, dst_inline)
 
 
-def _expand_unicast(cur: _Cursor, mode: int, mac: bytes) -> bytes:
+def _check_dispatch(data: bytes) -> None:
+    if not data:
+        raise LowpanError("empty 6LoWPAN payload")
+    if data[0] & 0xF8 in (0xC0, 0xE0):
+        raise LowpanError(
+            "6LoWPAN fragment header: reassemble the datagram first (fragments.Reassembler)"
+        )
+    if data[0] != DISPATCH_IPV6 and data[0] >> 5 != 0b011:
+        raise LowpanError(f"unknown 6LoWPAN dispatch 0x{data[0]:02x}")
+
+
+def header_sizes(data: bytes) -> tuple[int, int]:
+    """(compressed, uncompressed) length of the headers at the start of a 6LoWPAN payload.
+
+    Compression only touches the IPv6 header and a UDP header, so every byte after them maps
+    one to one: a receiver of a first fragment (RFC 4944) needs these two numbers to know how
+    much of the uncompressed datagram that fragment covers."""
+    _check_dispatch(data)
+    if data[0] == DISPATCH_IPV6:
+        return 1, 40
+    cur = _Cursor(data)
+    iphc = _read_iphc(cur)
+    if iphc.next_header is None:
+        _read_udp_nhc(cur)
+        return cur.pos, 48
+    return cur.pos, 40
+
+
+def decompress(data: bytes, src_mac: bytes, dst_mac: bytes) -> Ipv6Packet:
+    """Expand a MAC payload (unfragmented, or reassembled) into the IPv6 packet it carries."""
+    _check_dispatch(data)
+    if data[0] == DISPATCH_IPV6:
+        try:
+            return decode_ipv6(data[1:])
+        except PacketError as exc:
+            raise LowpanError(f"uncompressed IPv6: {exc}") from None
+    cur = _Cursor(data)
+    iphc = _read_iphc(cur)
+    src = _expand_unicast(iphc.sam, iphc.src_inline, src_mac)
+    dst = (
+        _expand_multicast(iphc.dam, iphc.dst_inline)
+        if iphc.multicast
+        else _expand_unicast(iphc.dam, iphc.dst_inline, dst_mac)
+    )
+    if iphc.next_header is None:
+        sport, dport, csum = _read_udp_nhc(cur)
+        body = data[cur.pos :]
+        payload = struct.pack("!HHHH", sport, dport, 8 + len(body), csum) + body
+        return Ipv6Packet(src, dst, UDP, payload, iphc.hop_limit)
+    return Ipv6Packet(src, dst, iphc.next_header, data[cur.pos :], iphc.hop_limit)
+
+
+def _expand_unicast(mode: int, inline: bytes, mac: bytes) -> bytes:
     ll = bytes.fromhex("fe80000000000000")
     if mode == 0b00:
-        return cur.take(16, "inline address")
+        return inline
     if mode == 0b01:
-        return ll + cur.take(8, "64-bit IID")
+        return ll + inline
     if mode == 0b10:
-        return ll + bytes.fromhex("000000fffe00") + cur.take(2, "16-bit IID")
+        return ll + bytes.fromhex("000000fffe00") + inline
     try:
         return ll + iid_from_mac(mac)
     except PacketError as exc:
         raise LowpanError(f"elided address: {exc}") from None
 
 
-def _expand_multicast(cur: _Cursor, mode: int) -> bytes:
+def _expand_multicast(mode: int, inline: bytes) -> bytes:
     if mode == 0b00:
-        return cur.take(16, "multicast address")
+        return inline
     if mode == 0b01:
-        b = cur.take(6, "48-bit multicast")
-        return b"\xff" + b[:1] + bytes(9) + b[1:]
+        return b"\xff" + inline[:1] + bytes(9) + inline[1:]
     if mode == 0b10:
-        b = cur.take(4, "32-bit multicast")
-        return b"\xff" + b[:1] + bytes(11) + b[1:]
-    return b"\xff\x02" + bytes(13) + cur.take(1, "8-bit multicast")
+        return b"\xff" + inline[:1] + bytes(11) + inline[1:]
+    return b"\xff\x02" + bytes(13) + inline
 
 
-def _expand_udp(cur: _Cursor) -> bytes:
+def _read_udp_nhc(cur: _Cursor) -> tuple[int, int, int]:
+    """(source port, destination port, checksum) of a UDP NHC header."""
     (nhc,) = cur.take(1, "UDP NHC")
     if nhc & 0xF8 != 0xF0:
         raise LowpanError(f"unsupported next-header compression 0x{nhc:02x}")
@@ -171,5 +229,4 @@ def _expand_udp(cur: _Cursor) -> bytes:
         (b,) = cur.take(1, "UDP ports")
         sport, dport = 0xF0B0 | b >> 4, 0xF0B0 | b & 0xF
     (csum,) = struct.unpack("!H", cur.take(2, "UDP checksum"))
-    body = cur.data[cur.pos :]
-    return struct.pack("!HHHH", sport, dport, 8 + len(body), csum) + body
+    return sport, dport, csum

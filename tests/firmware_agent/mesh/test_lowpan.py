@@ -89,7 +89,7 @@ def test_udp_checksum_is_verified() -> None:
     ("data", "message"),
     [
         (b"", "empty"),
-        (b"\xc0\x50\x00\x01", "fragments are not supported yet"),
+        (b"\xc0\x50\x00\x01", "fragment header: reassemble"),
         (b"\x12", "unknown 6LoWPAN dispatch"),
         (b"\x7e", "truncated in IPHC header"),
         (b"\x7e\x33\xf0\x0f", "truncated in UDP ports"),
