@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from drivers.hdlc import fcs16_update
 
@@ -323,6 +323,15 @@ def data_frame(
         ack_request=ack_request,
         payload=payload,
     )
+
+
+def payload_room(frame: Frame, max_psdu: int) -> int:
+    """How many payload bytes a frame shaped like ``frame`` (addresses, IEs) can carry in a PSDU
+    of ``max_psdu`` bytes: what 6LoWPAN fragmentation needs as its per-frame budget."""
+    overhead = len(encode(replace(frame, payload=b"\0"))) - 1  # with HT2 if header IEs exist
+    if overhead >= max_psdu:
+        raise FrameError(f"a {max_psdu}-byte PSDU has no room left after {overhead} header bytes")
+    return max_psdu - overhead
 
 
 def ack_for(frame: Frame, rsl_dbm: float | None = None) -> Frame:

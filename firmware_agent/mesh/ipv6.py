@@ -55,6 +55,13 @@ def address_in_prefix(prefix: bytes, mac: bytes) -> bytes:
     return prefix + iid_from_mac(mac)
 
 
+def eui64_from_address(addr: bytes) -> bytes:
+    """The EUI-64 an address's IID was made from (U/L bit flipped back): the MAC to send a
+    packet for this address to, when addresses come from EUI-64s as in this mesh."""
+    _check_address("address", addr)
+    return bytes([addr[8] ^ 0x02]) + addr[9:]
+
+
 def is_multicast(addr: bytes) -> bool:
     return addr[:1] == b"\xff"
 

@@ -151,8 +151,10 @@ def header_sizes(data: bytes) -> tuple[int, int]:
     one to one: a receiver of a first fragment (RFC 4944) needs these two numbers to know how
     much of the uncompressed datagram that fragment covers."""
     _check_dispatch(data)
-    if data[0] == DISPATCH_IPV6:
-        return 1, 40
+    if data[0] == DISPATCH_IPV6:  # the dispatch byte, then the IPv6 header as it is
+        if len(data) < 41:
+            raise LowpanError(f"truncated in uncompressed IPv6 header ({len(data) - 1} bytes)")
+        return 41, 40
     cur = _Cursor(data)
     iphc = _read_iphc(cur)
     if iphc.next_header is None:
