@@ -2,17 +2,20 @@
 
 It acks frames addressed to it, expands 6LoWPAN/UDP with the gateway's own codecs, hands
 port-4059 datagrams to a DLMS server, and sends the answer back after a processing delay.
-The mesh issue adds joining, parent selection, RPL and forwarding here.
+Its frames go out as a MAC sends them: CSMA-CA on the medium, then up to ``max_frame_retries``
+retries while no ack comes back. The mesh issue adds joining, parent selection, RPL and
+forwarding here.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from firmware_agent.mesh import frames, ipv6, lowpan
-from hil.medium import Medium
+from hil.medium import DEFAULT_CSMA, CsmaConfig, Medium, TxOutcome, csma_transmit
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,7 @@ class NodeStats:
     frames_rx: int = 0
     frames_tx: int = 0
     tx_no_ack: int = 0
+    cca_failures: int = 0
     rx_errors: int = 0
     requests: int = 0
 
@@ -42,6 +46,8 @@ class MeterNode:
         channel: int = 0,
         reply_delay_s: float = 0.01,
         max_frame_retries: int = 3,
+        rng: random.Random | None = None,
+        csma: CsmaConfig = DEFAULT_CSMA,
     ) -> None:
         self.eui64 = eui64
         self.medium = medium
@@ -50,6 +56,9 @@ class MeterNode:
         self.channel = channel
         self.reply_delay_s = reply_delay_s
         self.max_frame_retries = max_frame_retries
+        # Backoffs are random; without an injected generator they follow from the address.
+        self.rng = rng if rng is not None else random.Random(int.from_bytes(eui64, "big"))
+        self.csma = csma
         self.stats = NodeStats()
         self.powered = True
         self._seq = 0
@@ -93,10 +102,19 @@ class MeterNode:
                 )
         return ack
 
-    def send_udp(self, dst_mac: bytes, pan_id: int, datagram: ipv6.UdpDatagram) -> bool:
-        """Transmit a datagram with MAC retries; True when the peer acked it."""
+    def send_udp(
+        self,
+        dst_mac: bytes,
+        pan_id: int,
+        datagram: ipv6.UdpDatagram,
+        on_result: Callable[[bool], None] | None = None,
+    ) -> None:
+        """Transmit a datagram with MAC retries; ``on_result(True)`` once the peer acked it,
+        ``on_result(False)`` when every attempt went unacknowledged or the channel stayed busy."""
         if not self.powered:
-            return False
+            if on_result is not None:
+                on_result(False)
+            return
         src, dst = ipv6.link_local(self.eui64), ipv6.link_local(dst_mac)
         packet = ipv6.Ipv6Packet(src, dst, ipv6.UDP, ipv6.encode_udp(src, dst, datagram))
         self._seq = (self._seq + 1) & 0xFF
@@ -105,9 +123,24 @@ class MeterNode:
                 self._seq, pan_id, dst_mac, self.eui64, lowpan.compress(packet, self.eui64, dst_mac)
             )
         )
-        for _ in range(self.max_frame_retries + 1):
-            self.stats.frames_tx += 1
-            if self.medium.transmit(self, psdu, self.channel) is not None:
-                return True
-        self.stats.tx_no_ack += 1
-        return False
+        self._send_frame(psdu, self.max_frame_retries, on_result)
+
+    def _send_frame(
+        self, psdu: bytes, retries_left: int, on_result: Callable[[bool], None] | None
+    ) -> None:
+        def done(outcome: TxOutcome | None) -> None:
+            if outcome is None:
+                self.stats.cca_failures += 1
+            elif outcome.ack_psdu is not None:
+                if on_result is not None:
+                    on_result(True)
+                return
+            if retries_left > 0:
+                self._send_frame(psdu, retries_left - 1, on_result)
+                return
+            self.stats.tx_no_ack += 1
+            if on_result is not None:
+                on_result(False)
+
+        self.stats.frames_tx += 1
+        csma_transmit(self.medium, self, psdu, self.channel, self.rng, done, self.csma)

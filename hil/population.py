@@ -39,10 +39,21 @@ def read_mesh_meters(path: Path) -> list[tuple[str, bytes]]:
 
 
 def asyncio_scheduler() -> Scheduler:
+    """The running asyncio loop as a meter's scheduler."""
     loop = asyncio.get_running_loop()
 
     def schedule(delay: float, fn: Callable[[], object]) -> object:
         return loop.call_later(delay, fn)
+
+    return schedule
+
+
+def medium_scheduler(medium: Medium) -> Scheduler:
+    """The medium's own clock as a meter's scheduler: meters then live in the same (possibly
+    virtual) time as the frames they send."""
+
+    def schedule(delay: float, fn: Callable[[], object]) -> object:
+        return medium.call_later(delay, fn)
 
     return schedule
 
@@ -52,20 +63,29 @@ def populate(
     meters: list[tuple[str, bytes]],
     clock: Clock,
     rng: random.Random,
-    schedule: Scheduler,
+    schedule: Scheduler | None = None,
     *,
     channel: int = 0,
     profile_period_s: float = 900.0,
     radius_m: tuple[float, float] = (30.0, 150.0),
 ) -> list[EmulatedMeter]:
-    """Attach one emulated meter per entry, in a ring around the gateway at the origin."""
+    """Attach one emulated meter per entry, in a ring around the gateway at the origin.
+    Meters schedule on ``schedule``, or on the medium's clock if None."""
+    schedule = schedule or medium_scheduler(medium)
     placed = []
     for meter_id, eui64 in meters:
         model = MeterModel(
             meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
         )
         server = MeterServer(model, clock)
-        node = MeterNode(eui64, medium, server.handle, schedule, channel=channel)
+        node = MeterNode(
+            eui64,
+            medium,
+            server.handle,
+            schedule,
+            channel=channel,
+            rng=random.Random(rng.getrandbits(64)),
+        )
         distance, angle = rng.uniform(*radius_m), rng.uniform(0, 2 * math.pi)
         position = (distance * math.cos(angle), distance * math.sin(angle))
         medium.attach(node, position, channel=channel)

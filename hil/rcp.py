@@ -31,6 +31,7 @@ from drivers.spinel import (
     InterfaceType,
     Prop,
     RawRxFrame,
+    RawTxRequest,
     ScanState,
     SpinelError,
     SpinelFrame,
@@ -48,7 +49,7 @@ from drivers.spinel import (
 )
 from firmware_agent.clock import Clock
 from firmware_agent.mesh.frames import fcs16 as fcs154
-from hil.medium import Medium
+from hil.medium import DEFAULT_CSMA, CsmaConfig, Medium, TxOutcome, csma_transmit
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class RcpCounters:
     spinel_errors: int = 0
     unknown_props: int = 0
     frames_tx: int = 0
+    cca_failures: int = 0
+    tx_queued: int = 0  # requests that waited for an earlier transmission to finish
     frames_to_host: int = 0
     frames_not_streamed: int = 0
     frames_filtered: int = 0
@@ -198,6 +201,7 @@ class VirtualRcp:
         ncp_version: str = DEFAULT_NCP_VERSION,
         rssi_jitter_db: float = 1.0,
         acker: Acker = default_acker,
+        csma: CsmaConfig = DEFAULT_CSMA,
     ) -> None:
         if len(eui64) != 8:
             raise ValueError(f"EUI-64 must be 8 bytes, got {eui64.hex()}")
@@ -211,6 +215,7 @@ class VirtualRcp:
         self.channels = channels
         self.rssi_jitter_db = rssi_jitter_db
         self.acker = acker
+        self.csma = csma
         self.counters = RcpCounters()
         self._boot_channel = channel
         self._boot_tx_power = tx_power_dbm
@@ -220,6 +225,10 @@ class VirtualRcp:
         self._listener: Callable[[], None] | None = None
         #: Fault injection: this many next transmissions fail channel access (CCA_FAILURE).
         self.cca_failures_to_inject = 0
+        #: Transmissions wait here while one is on the air (the host may not wait for TX-done).
+        self._tx_queue: deque[tuple[int, RawTxRequest]] = deque()
+        self._tx_busy = False
+        self._generation = 0  # bumped at each reset: a pending TX-done is then dropped
         self._apply_boot_state()
         medium.attach(self, position, tx_power_dbm, channel)
 
@@ -232,6 +241,9 @@ class VirtualRcp:
         self.laddr = self.eui64
         self.scan_mask: list[int] = []
         self.scan_period_ms = 0
+        self._generation += 1
+        self._tx_queue.clear()
+        self._tx_busy = False
 
     # --- host side: frames in, frames out (any framing); HDLC bytes for UART-style links -------
 
@@ -460,9 +472,9 @@ class VirtualRcp:
     # --- radio ---------------------------------------------------------------------------------
 
     def sample_rssi(self, channel: int) -> int:
-        """Instantaneous energy on a channel: the medium's noise floor here, plus jitter."""
-        position = self.medium.position(self)
-        level = self.medium.channel_energy_dbm(position, channel)
+        """Instantaneous energy on a channel as this board's detector reads it: noise,
+        interferers and frames on the air, plus measurement jitter."""
+        level = self.medium.node_energy_dbm(self, channel)
         return max(-128, min(127, round(level + self.rng.gauss(0.0, self.rssi_jitter_db))))
 
     def _energy_scan(self) -> None:
@@ -494,29 +506,59 @@ class VirtualRcp:
             return
         if self.cca_failures_to_inject > 0:
             self.cca_failures_to_inject -= 1
+            self.counters.cca_failures += 1
             done = TxDone(Status.CCA_FAILURE)
             self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(done))
             return
+        if self._tx_busy:
+            self.counters.tx_queued += 1
+        self._tx_queue.append((tid, request))
+        self._next_transmission()
+
+    def _next_transmission(self) -> None:
+        """Start the oldest queued request: CSMA-CA on the medium, then the frame; the TX-done
+        goes to the host (with the request's TID) when the medium reports the outcome."""
+        if self._tx_busy or not self._tx_queue:
+            return
+        tid, request = self._tx_queue.popleft()
+        self._tx_busy = True
+        generation = self._generation
         mpdu = request.psdu[:-FCS_LEN]
         on_air = mpdu + struct.pack("<H", fcs154(mpdu))
-        self.counters.frames_tx += 1
-        outcome = self.medium.transmit_detailed(self, on_air, request.channel)
-        if not mpdu[0] & 0x20:  # no ack requested
-            self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(TxDone(Status.OK)))
-            return
-        if outcome.ack_psdu is None:
-            done = TxDone(Status.NO_ACK)
+        ack_requested = bool(mpdu[0] & 0x20)
+
+        def done(outcome: TxOutcome | None) -> None:
+            if generation != self._generation:
+                return  # the board was reset meanwhile: that request is gone
+            self._tx_busy = False
+            self._tx_done(tid, request.channel, ack_requested, outcome)
+            self._next_transmission()
+
+        csma_transmit(self.medium, self, on_air, request.channel, self.rng, done, self.csma)
+
+    def _tx_done(
+        self, tid: int, channel: int, ack_requested: bool, outcome: TxOutcome | None
+    ) -> None:
+        if outcome is None:
+            self.counters.cca_failures += 1
+            done = TxDone(Status.CCA_FAILURE)
         else:
-            ack = RawRxFrame(
-                psdu=outcome.ack_psdu,
-                rssi_dbm=outcome.ack_rssi_dbm,
-                noise_floor_dbm=self._noise_floor(request.channel),
-                channel=request.channel,
-                lqi=outcome.ack_lqi,
-                timestamp_us=self._timestamp_us(),
-            )
-            pending = bool(outcome.ack_psdu[0] & 0x10)
-            done = TxDone(Status.OK, frame_pending=pending, ack=ack)
+            self.counters.frames_tx += 1
+            if not ack_requested:
+                done = TxDone(Status.OK)
+            elif outcome.ack_psdu is None:
+                done = TxDone(Status.NO_ACK)
+            else:
+                ack = RawRxFrame(
+                    psdu=outcome.ack_psdu,
+                    rssi_dbm=outcome.ack_rssi_dbm,
+                    noise_floor_dbm=self._noise_floor(channel),
+                    channel=channel,
+                    lqi=outcome.ack_lqi,
+                    timestamp_us=self._timestamp_us(),
+                )
+                pending = bool(outcome.ack_psdu[0] & 0x10)
+                done = TxDone(Status.OK, frame_pending=pending, ack=ack)
         self._send(tid, Cmd.PROP_VALUE_IS, Prop.LAST_STATUS, encode_tx_done(done))
 
     def _accepts(self, psdu: bytes) -> bool:
