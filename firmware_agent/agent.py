@@ -35,6 +35,8 @@ from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.scheduler import Collector, MeterStatus
 from firmware_agent.config import Config, MeterConfig
 from firmware_agent.mesh.neighbours import Neighbour
+from firmware_agent.mesh.route_store import load_table, save_json
+from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
 from firmware_agent.spool import Spool
 from firmware_agent.uplink.mqtt import Uplink
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+#: How often the routing table is written to ``mesh.routes_file`` (and once more at shutdown).
+ROUTES_SAVE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,13 @@ class Agent:
         clock: Clock,
         rng: random.Random | None = None,
         registry: Registry | None = None,
+        *,
+        with_uplink: bool = True,
     ) -> None:
         self.config = config
+        # The simulator runs without an uplink: a broker answers in real time, which a
+        # virtual-time loop cannot wait for. Readings then stay in the spool.
+        self.with_uplink = with_uplink
         self.clock = clock
         self.rng = rng or random.Random()
         # Which backends radio URLs may name: tests add in-process ones (spinel+loop://).
@@ -265,12 +274,24 @@ class Agent:
             if self.capture is not None:
                 self.capture.close()
             return EXIT_FAILURE
+        routes, restored = self._routing_table(self.radio_info.hwaddr)
         self.stack = MeshStack(
-            self.radio, self.radio_info.hwaddr, self.clock, channel=cfg.radio.channel
+            self.radio,
+            self.radio_info.hwaddr,
+            self.clock,
+            mesh=cfg.mesh,
+            channel=cfg.radio.channel,
+            rng=self.rng,
+            routes=routes,
         )
+        if not restored:
+            # No saved routes: a new DTSN in the first DIOs asks every node for its DAOs now
+            # rather than at its next refresh.
+            self.stack.root.request_daos(self.clock.monotonic())
         self.mesh_links = MeshLinks(self.stack)
         self.spool = Spool(cfg.spool.path, self.clock)
-        self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.spool, self.clock)
+        if self.with_uplink:
+            self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.spool, self.clock)
         self.collector = Collector(
             cfg.meters, self._link_for, self.spool, self.clock, cfg.collector, self.rng
         )
@@ -279,12 +300,16 @@ class Agent:
             loop.add_signal_handler(sig, self.stop)
         workers = {
             asyncio.create_task(self.stack.run(), name="mesh"),
+            asyncio.create_task(self.stack.run_root(), name="rpl"),
             asyncio.create_task(
                 self.stack.noise_sampler(cfg.radio.noise_sample_interval_s), name="noise"
             ),
-            asyncio.create_task(self.uplink.run(), name="uplink"),
             asyncio.create_task(self.collector.run(), name="collector"),
         }
+        if self.uplink is not None:
+            workers.add(asyncio.create_task(self.uplink.run(), name="uplink"))
+        if cfg.mesh.routes_file is not None:
+            workers.add(asyncio.create_task(self._save_routes_every(ROUTES_SAVE_S), name="routes"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         code = EXIT_OK
         try:
@@ -303,7 +328,7 @@ class Agent:
 
     async def _shutdown(self, workers: set[asyncio.Task[None]]) -> None:
         log.info("shutting down")
-        order = ["collector", "noise", "mesh"]
+        order = ["collector", "noise", "routes", "rpl", "mesh"]
         for name in order:
             for task in workers:
                 if task.get_name() == name:
@@ -318,6 +343,7 @@ class Agent:
         for link in self._links.values():
             with contextlib.suppress(Exception):
                 await link.close()
+        self._save_routes()
         if self.radio is not None:
             with contextlib.suppress(RadioError):
                 await self.radio.close()
@@ -328,6 +354,56 @@ class Agent:
             self.spool.close()
             self.spool = None
             log.info("spool closed with %d records kept for the next start", depth)
+
+    def _routing_table(self, hwaddr: bytes) -> tuple[RoutingTable, bool]:
+        """The table saved by the last run (if it is ours and readable), else an empty one."""
+        mesh = self.config.mesh
+        settings = {
+            "snr_floor_db": mesh.snr_floor_db,
+            "hysteresis_db": mesh.snr_hysteresis_db,
+            "default_lifetime_s": mesh.dao_lifetime_s,
+        }
+        path = mesh.routes_file
+        if path is not None:
+            try:
+                # Lifetimes were saved as time left; the agent was down since the file's mtime.
+                elapsed = max(0.0, self.clock.now() - path.stat().st_mtime) if path.exists() else 0
+                table = load_table(path, self.clock.monotonic(), elapsed_s=elapsed, **settings)
+            except (SnapshotError, OSError) as exc:
+                log.error("routes file unusable, starting with an empty table: %s", exc)
+                table = None
+            if table is not None and table.root != hwaddr:
+                log.warning(
+                    "routes in %s belong to radio %s, not %s: starting with an empty table",
+                    path, table.root.hex(":"), hwaddr.hex(":"),
+                )  # fmt: skip
+                table = None
+            if table is not None:
+                log.info("routing table restored from %s: %d nodes", path, len(table.nodes()))
+                return table, True
+        return (
+            RoutingTable(
+                hwaddr,
+                snr_floor_db=mesh.snr_floor_db,
+                hysteresis_db=mesh.snr_hysteresis_db,
+                default_lifetime_s=mesh.dao_lifetime_s,
+            ),
+            False,
+        )
+
+    def _save_routes(self) -> None:
+        path = self.config.mesh.routes_file
+        if path is None or self.stack is None:
+            return
+        try:
+            save_json(path, self.stack.routes, self.clock.monotonic())
+        except (OSError, ValueError) as exc:
+            log.error("cannot save the routing table to %s: %s", path, exc)
+
+    async def _save_routes_every(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            self._save_routes()
 
     def snapshot(self) -> Snapshot:
         meters: list[MeterView] = []
