@@ -399,6 +399,7 @@ class RoutingTable:
             self._nodes[node] = rec
         old_parents = rec.parents()
         had_expired = any(t.expires_at <= now for t in rec.transits)
+        old_expiry = {t.parent: t.expires_at for t in rec.transits}
         rec.dao_sequence, rec.last_dao_at = dao_sequence, now
         current = {t.parent: t for t in rec.transits}
         ps_old = rec.path_sequence
@@ -446,7 +447,10 @@ class RoutingTable:
         loop: tuple[bytes, ...] | None = None
         unreachable: list[bytes] = []
         recovered: list[bytes] = []
-        if changed or had_expired or is_new:
+        # Cached paths stay valid until the earliest expiry they were built with: a lifetime
+        # cut short, or a transit that had lapsed and is back, makes them wrong earlier.
+        shortened = any(t.expires_at < old_expiry.get(t.parent, math.inf) for t in rec.transits)
+        if changed or had_expired or is_new or shortened:
             for gone in set(old_parents) - set(new_parents):
                 self._unlink_child(gone, node)
             for added in new_parents:
@@ -619,7 +623,10 @@ class RoutingTable:
             return _Cached((), (), math.inf)
         root = self.root
         valid_until = math.inf
-        cands: list[tuple[float, tuple[int, ...], tuple[bytes, ...], Path | None, _Link]] = []
+        # (cost, rank at x, ranks of the parent's path, parent's path, link): hop tuples are
+        # built only for the kept few; (rank, ranks) orders as the concatenated ranks would.
+        cands: list[tuple[float, int, tuple[int, ...], Path | None, _Link]] = []
+        max_len = self.max_hops
         for rank, t in enumerate(rec.transits):
             if t.expires_at <= now:
                 continue
@@ -627,20 +634,23 @@ class RoutingTable:
             p = t.parent
             link = self._link_state(p, x)
             if p == root:
-                cands.append((link.cost, (rank,), (root, x), None, link))
+                cands.append((link.cost, rank, (), None, link))
                 continue
             if p == x:
                 continue
             c = self._cache[p]
             valid_until = min(valid_until, c.valid_until)
+            lc = link.cost
             for path, ranks in zip(c.paths, c.ranks, strict=True):
-                if len(path.hops) > self.max_hops or x in path.hops:
-                    continue
-                cands.append((path.cost + link.cost, (rank, *ranks), (*path.hops, x), path, link))
-        cands.sort(key=lambda c: (c[0], c[1]))
+                if len(path.hops) <= max_len and x not in path.hops:
+                    cands.append((path.cost + lc, rank, ranks, path, link))
+        cands.sort(key=_candidate_order)
         kept = cands[: self.max_paths]
-        paths = tuple(self._extend(prev, link, hops, cost) for cost, _, hops, prev, link in kept)
-        return _Cached(paths, tuple(c[1] for c in kept), valid_until)
+        paths = tuple(
+            self._extend(prev, link, (root, x) if prev is None else (*prev.hops, x), cost)
+            for cost, _, _, prev, link in kept
+        )
+        return _Cached(paths, tuple((rank, *ranks) for _, rank, ranks, _, _ in kept), valid_until)
 
     def _extend(self, prev: Path | None, link: _Link, hops: tuple[bytes, ...], cost: float) -> Path:
         worst = link.snr
@@ -660,14 +670,20 @@ class RoutingTable:
 
     def _build(self, hops: tuple[bytes, ...]) -> Path:
         """A Path for ``hops`` computed root → node (the same float sums as _compose)."""
-        path: Path | None = None
         cost = 0.0
+        worst: float | None = None
+        usable, recovering = True, False
+        reasons: tuple[str, ...] = ()
         for i in range(1, len(hops)):
             link = self._link_state(hops[i - 1], hops[i])
-            cost = link.cost if path is None else path.cost + link.cost
-            path = self._extend(path, link, hops[: i + 1], cost)
-        assert path is not None
-        return path
+            cost = link.cost if i == 1 else cost + link.cost
+            if link.snr is not None:
+                worst = link.snr if worst is None else min(worst, link.snr)
+            if link.below or link.tripped:
+                usable = usable and not link.below
+                recovering = recovering or link.tripped
+                reasons += self._link_reasons(link, hops[i - 1], hops[i])
+        return Path(hops, cost, worst, usable, reasons, recovering)
 
     def _search(self, node: bytes, now: float) -> _Cached:
         """Best-first search over raw transits with per-path loop checks, for parts of the
@@ -757,7 +773,7 @@ class RoutingTable:
             if not had:
                 return fallback, None  # a first route is not a switch
             return fallback, self._record(now, node, None, fallback.hops, "reachable again")
-        cur = self._evaluate(cur_hops, now)
+        cur = next((p for p in paths if p.hops == cur_hops), None) or self._evaluate(cur_hops, now)
         if isinstance(cur, str):
             if fallback is None:
                 self._current[node] = None
@@ -867,16 +883,41 @@ class RoutingTable:
     def _reachability_after(
         self, node: bytes, now: float, is_new: bool
     ) -> tuple[list[bytes], list[bytes]]:
-        if self._ensure(node, now).paths:
+        if self._reaches_root(node, now):
             recovered: list[bytes] = []
             if node in self._unreachable or is_new:
                 for d in sorted(self._descendants(node)):
-                    if d in self._unreachable and self._ensure(d, now).paths:
+                    if d in self._unreachable and self._reaches_root(d, now):
                         self._unreachable.discard(d)
                         self._nodes[d].unreachable_since = None
                         recovered.append(d)
             return [], recovered
         return self._mark_unreachable(self._descendants(node), now), []
+
+    def _reaches_root(self, node: bytes, now: float) -> bool:
+        """Whether live transits lead from ``node`` to the root within ``max_hops``.
+
+        Depth-first along preferred parents, so usually one walk of the node's depth: cheaper
+        than building its k cheapest paths, which wait until someone asks for them. A walk
+        of length L implies a simple path no longer than L, and a node reached again at no
+        smaller depth cannot lead anywhere new, so the answer is exact."""
+        best = {node: 0}
+        stack = [(node, 0)]
+        while stack:
+            x, d = stack.pop()
+            rec = self._nodes.get(x)
+            if rec is None or d >= self.max_hops:
+                continue
+            for t in reversed(rec.transits):
+                if t.expires_at <= now:
+                    continue
+                p = t.parent
+                if p == self.root:
+                    return True
+                if best.get(p, self.max_hops + 1) > d + 1:
+                    best[p] = d + 1
+                    stack.append((p, d + 1))
+        return False
 
     def _mark_unreachable(self, candidates: Iterable[bytes], now: float) -> list[bytes]:
         newly = []
@@ -884,7 +925,7 @@ class RoutingTable:
             rec = self._nodes.get(d)
             if rec is None or d in self._unreachable:
                 continue
-            if not self._ensure(d, now).paths:
+            if not self._reaches_root(d, now):
                 self._unreachable.add(d)
                 rec.unreachable_since = now
                 newly.append(d)
@@ -1166,17 +1207,17 @@ class RoutingTable:
             lr = _Reader(raw, where)
             a, b = lr.eui("a", where), lr.eui("b", where)
             if a == b:
-                raise SnapshotError(f"{where}: both ends are {a.hex()}")
+                raise SnapshotError(f"{where.rstrip('.')}: both ends are {a.hex()}")
             link = _Link(
                 measured=lr.quality("measured", True, where),
                 reported=lr.quality("reported", False, where),
             )
             table._derive(link)
             tripped = lr.get("tripped", bool, where)
+            # As live: a link stays tripped until an SNR at floor + hysteresis is seen.
             link.tripped = link.below or (
                 tripped
-                and link.snr is not None
-                and link.snr < table.snr_floor_db + table.hysteresis_db
+                and (link.snr is None or link.snr < table.snr_floor_db + table.hysteresis_db)
             )
             table._links[(a, b) if a < b else (b, a)] = link
         for node in table._nodes:
@@ -1222,6 +1263,12 @@ class RoutingTable:
 # helpers
 
 
+def _candidate_order(
+    c: tuple[float, int, tuple[int, ...], Path | None, _Link],
+) -> tuple[float, int, tuple[int, ...]]:
+    return c[0], c[1], c[2]
+
+
 def _check_eui(value: object, what: str) -> None:
     if not isinstance(value, bytes | bytearray) or len(value) != EUI64_LEN:
         raise RouteInputError(f"{what}: expected an 8-byte EUI-64, got {value!r}")
@@ -1258,9 +1305,8 @@ class _Reader:
 
     def __init__(self, data: Any, where: str = "") -> None:
         if not isinstance(data, dict):
-            raise SnapshotError(
-                f"{where or 'snapshot'}: expected an object, got {type(data).__name__}"
-            )
+            name = where.rstrip(".") or "snapshot"
+            raise SnapshotError(f"{name}: expected an object, got {type(data).__name__}")
         self.data: dict[str, Any] = data
 
     def get(self, key: str, kind: Any, where: str) -> Any:
