@@ -618,7 +618,9 @@ class RoutingTable:
 
     def _compose(self, x: bytes, rec: _Node | None, now: float) -> _Cached:
         """x's k cheapest paths from its parents' k cheapest (exact on a DAG: a path's prefix
-        to a parent is among that parent's k best under the same (cost, ranks) order)."""
+        to a parent is among that parent's k best under the same (cost, ranks) order). The one
+        approximation: near ``max_hops``, a short costly path can be missed when a parent's k
+        best are all long; reachability (``_reaches_root``) does not depend on it."""
         if rec is None:
             return _Cached((), (), math.inf)
         root = self.root
