@@ -269,6 +269,7 @@ class Mosquitto:
                 if needle in line:
                     return line
             if time.monotonic() > deadline:
-                raise BrokerError(f"{needle!r} not in the mosquitto log after {timeout} s:\n"
-                                  f"{self.log_tail(10)}")
+                raise BrokerError(
+                    f"{needle!r} not in the mosquitto log after {timeout} s:\n{self.log_tail(10)}"
+                )
             time.sleep(0.02)

@@ -64,9 +64,7 @@ def _radio_url(radio: dict[str, Any], meters_file: Path, where: Path) -> tuple[s
         return url, absent
     if kind == "udev":
         return _udev_radio(radio, where)
-    raise EnvError(
-        f"{where}: gateway.radio.kind must be virtual-rcp, url or udev, got {kind!r}"
-    )
+    raise EnvError(f"{where}: gateway.radio.kind must be virtual-rcp, url or udev, got {kind!r}")
 
 
 def _udev_match(radio: dict[str, Any], where: Path) -> BoardMatch:

@@ -51,8 +51,9 @@ class ReadingStore:
     status_history: list[payloads.StatusMessage] = field(default_factory=list)
     invalid: list[InvalidMessage] = field(default_factory=list)
     _keys: set[str] = field(default_factory=set, repr=False, compare=False)
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False,
-                                       compare=False)
+    _cond: threading.Condition = field(
+        default_factory=threading.Condition, repr=False, compare=False
+    )
 
     def add_readings(self, msg: payloads.ReadingsMessage) -> int:
         """Keep a message's new records; returns how many were new."""
@@ -65,8 +66,9 @@ class ReadingStore:
                     self.duplicates += 1
                     continue
                 self._keys.add(key)
-                self.records.append({**rec, "message_id": msg.message_id,
-                                     "gateway_id": msg.gateway_id})
+                self.records.append(
+                    {**rec, "message_id": msg.message_id, "gateway_id": msg.gateway_id}
+                )
                 new += 1
             self._cond.notify_all()
             return new
@@ -94,7 +96,8 @@ class ReadingStore:
                 if remaining <= 0:
                     raise HeadEndError(
                         f"head end has {len(self.records)} of {n} records after {timeout} s "
-                        f"({self.duplicates} duplicates, {len(self.invalid)} invalid messages)")
+                        f"({self.duplicates} duplicates, {len(self.invalid)} invalid messages)"
+                    )
                 self._cond.wait(remaining)
             return list(self.records)
 
@@ -109,8 +112,10 @@ class ReadingStore:
                     return st
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise HeadEndError(f"{gateway_id} not {state!r} after {timeout} s "
-                                       f"(last: {st.state if st else 'none'})")
+                    raise HeadEndError(
+                        f"{gateway_id} not {state!r} after {timeout} s "
+                        f"(last: {st.state if st else 'none'})"
+                    )
                 self._cond.wait(remaining)
 
 
@@ -151,8 +156,9 @@ class HeadEnd:
     def start(self) -> HeadEnd:
         if self._client is not None:
             raise HeadEndError("head end already started")
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=paho.MQTTv5)
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
         client.tls_set_context(_client_context(str(self.pki.ca_cert), self.pki.headend))
         # Come back at once after a broker restart (tests restart the broker on purpose): the
         # broker keeps no session for us, so what is published before we re-subscribe is lost
@@ -183,26 +189,36 @@ class HeadEnd:
     def __enter__(self) -> HeadEnd:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- paho thread ----------------------------------------------------------------------------
-    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode,
-                    _p: Properties | None) -> None:
+    def _on_connect(
+        self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Properties | None
+    ) -> None:
         if rc.is_failure:
             self._error = f"CONNACK {rc}"
             return
         # Re-subscribe on every (re)connect: the session is clean.
-        client.subscribe([(payloads.readings_filter(self.topic_prefix), 1),
-                          (payloads.status_filter(self.topic_prefix), 1)])
+        client.subscribe(
+            [
+                (payloads.readings_filter(self.topic_prefix), 1),
+                (payloads.status_filter(self.topic_prefix), 1),
+            ]
+        )
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._subscribed.clear()
         self.disconnects += 1
 
-    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode],
-                      _p: Properties | None) -> None:
+    def _on_subscribe(
+        self, _c: Any, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Properties | None
+    ) -> None:
         failed = [str(rc) for rc in rcs if rc.is_failure]
         if failed:
             self._error = f"SUBACK {failed}"
@@ -216,13 +232,15 @@ class HeadEnd:
                 readings = payloads.decode_readings(bytes(msg.payload))
                 if readings.gateway_id != gateway_id:
                     raise payloads.PayloadError(
-                        "gateway_id", f"{readings.gateway_id!r} published on {msg.topic!r}")
+                        "gateway_id", f"{readings.gateway_id!r} published on {msg.topic!r}"
+                    )
                 self.store.add_readings(readings)
             elif kind == "status":
                 status = payloads.decode_status(bytes(msg.payload))
                 if status.gateway_id != gateway_id:
                     raise payloads.PayloadError(
-                        "gateway_id", f"{status.gateway_id!r} published on {msg.topic!r}")
+                        "gateway_id", f"{status.gateway_id!r} published on {msg.topic!r}"
+                    )
                 self.store.add_status(status)
             else:
                 raise payloads.PayloadError("topic", f"unexpected kind {kind!r}")
@@ -244,8 +262,9 @@ class HeadEnd:
     async def wait_for_records_async(self, n: int, timeout: float) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.wait_for, n, timeout)
 
-    def wait_for_status(self, gateway_id: str, state: str,
-                        timeout: float = 10.0) -> payloads.StatusMessage:
+    def wait_for_status(
+        self, gateway_id: str, state: str, timeout: float = 10.0
+    ) -> payloads.StatusMessage:
         return self.store.wait_for_status(gateway_id, state, timeout)
 
     def records(self) -> list[dict[str, Any]]:

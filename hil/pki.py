@@ -243,8 +243,15 @@ def generate_pki(
     ca_cert, ca_key = _make_ca("wisun-gateway test CA", t, max(CA_VALID_DAYS, valid_days))
     ca = _save_pair(directory, "ca", ca_cert, ca_key)
     nb, na = t - BACKDATE, t + dt.timedelta(days=valid_days)
-    cert, key = _issue(ca_cert, ca_key, server_names[0], server_names=server_names, server=True,
-                       not_before=nb, not_after=na)
+    cert, key = _issue(
+        ca_cert,
+        ca_key,
+        server_names[0],
+        server_names=server_names,
+        server=True,
+        not_before=nb,
+        not_after=na,
+    )
     server = _save_pair(directory, "server", cert, key)
     cert, key = _issue(ca_cert, ca_key, headend_id, not_before=nb, not_after=na)
     headend = _save_pair(directory, headend_id, cert, key)
@@ -310,7 +317,10 @@ def generate_foreign_client(
     ca_cert, ca_key = _make_ca("unrelated CA", t, max(CA_VALID_DAYS, valid_days))
     ca = _save_pair(directory, "foreign-ca", ca_cert, ca_key)
     cert, key = _issue(
-        ca_cert, ca_key, client_id,
-        not_before=t - BACKDATE, not_after=t + dt.timedelta(days=valid_days),
+        ca_cert,
+        ca_key,
+        client_id,
+        not_before=t - BACKDATE,
+        not_after=t + dt.timedelta(days=valid_days),
     )
     return ForeignPki(ca, _save_pair(directory, f"foreign-{client_id}", cert, key))

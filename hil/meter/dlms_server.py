@@ -236,9 +236,7 @@ class MeterServer:
                 DIAG_MECHANISM_NOT_RECOGNISED, f"mechanism {aarq.mechanism.hex()} not supported"
             )
         if client != PUBLIC_CLIENT:
-            return reject(
-                DIAG_MECHANISM_REQUIRED, f"client wPort {client} needs authentication"
-            )
+            return reject(DIAG_MECHANISM_REQUIRED, f"client wPort {client} needs authentication")
         if aarq.user_information is None:
             return reject(DIAG_NO_REASON, "no user-information", INITIATE_OTHER)
         version, conformance, client_pdu = _parse_initiate(aarq.user_information)

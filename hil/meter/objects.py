@@ -42,7 +42,6 @@ DATA_BLOCK_NUMBER_INVALID = 19
 OTHER_REASON = 250
 
 
-
 class AccessError(Exception):
     """A read that the meter answers with a Data-Access-Result instead of data."""
 
