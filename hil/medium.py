@@ -177,6 +177,7 @@ class MediumCounters:
     acks_received: int = 0  # acks that made it back to their sender
     receivers_evaluated: int = 0  # (transmission, listening neighbour) pairs looked at
     dark_tx: int = 0  # transmit() by a dark node: nothing sent
+    deferred: int = 0  # transmit() while the node's radio was busy: started when it was free
     losses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOSS_CAUSES, 0))
     airtime_s: dict[int, float] = field(default_factory=dict)
 
@@ -236,6 +237,8 @@ class _Attachment:
     epoch: int = 0  # bumped at power-off: a frame in flight from a node that went dark is cut
     last_tx_start: float = -math.inf
     last_tx_end: float = -math.inf
+    #: The radio is committed until then: its own frame on the air, or an ack it owes.
+    busy_until: float = -math.inf
     #: Receiver key → "base" power: TX power − 10·n·log10(d) + shadowing, i.e. the mean received
     #: power before the channel's reference loss and the fade. Only entries ≥ noise − margin.
     link_base: dict[int, float] = field(default_factory=dict)
@@ -426,6 +429,10 @@ class Medium:
 
     def is_powered(self, node: RadioNode) -> bool:
         return self._attachment(node).powered
+
+    def is_busy(self, node: RadioNode) -> bool:
+        """Whether the node's radio is sending (a frame, or an ack it owes) right now."""
+        return self._attachment(node).busy_until > self.time()
 
     def position(self, node: RadioNode) -> tuple[float, float]:
         return self._attachment(node).position
@@ -700,11 +707,13 @@ class Medium:
         *,
         ack_request: bool | None = None,
     ) -> bytes | None:
-        """Put ``psdu`` (FCS included) on ``channel`` now. ``on_done`` is called once with the
-        outcome: right after the frame ends, or, when it requests an ack (the frame control's
-        AR bit unless ``ack_request`` says otherwise), once the ack arrived or the wait for it
-        ran out. Returns the ack PSDU when the outcome is already known on return (always on
-        the default :class:`InstantScheduler`), else None."""
+        """Put ``psdu`` (FCS included) on ``channel`` now, or, if the node's radio is still
+        busy (its previous frame, an ack it owes), as soon as it is free: a radio sends one
+        frame at a time. ``on_done`` is called once with the outcome: right after the frame
+        ends, or, when it requests an ack (the frame control's AR bit unless ``ack_request``
+        says otherwise), once the ack arrived or the wait for it ran out. Returns the ack PSDU
+        when the outcome is already known on return (always on the default
+        :class:`InstantScheduler`), else None."""
         att = self._attachment(sender)
         phy.channel_frequency_hz(channel)
         if not psdu:
@@ -712,15 +721,31 @@ class Medium:
         if ack_request is None:
             ack_request = len(psdu) >= 2 and bool(psdu[0] & 0x20)
         self._refresh()
+        tx = self._begin(att, psdu, channel, ack_request, on_done)
+        self._kick()
+        return tx.outcome.ack_psdu if tx is not None and tx.outcome is not None else None
+
+    def _begin(
+        self,
+        att: _Attachment,
+        psdu: bytes,
+        channel: int,
+        ack_request: bool,
+        on_done: Callable[[TxOutcome], None] | None,
+    ) -> _Tx | None:
+        now = self.time()
         if not att.powered:
             self.counters.dark_tx += 1
-            dark = _Tx(att, psdu, channel, self.time(), self.time(), att.epoch, False, on_done)
-            self.scheduler.call_at(self.time(), self._finish, dark, TxOutcome(sent=False))
-            self._kick()
+            dark = _Tx(att, psdu, channel, now, now, att.epoch, False, on_done)
+            self.scheduler.call_at(now, self._finish, dark, TxOutcome(sent=False))
             return None
-        tx = self._start(att, psdu, channel, ack_request, on_done)
-        self._kick()
-        return tx.outcome.ack_psdu if tx.outcome is not None else None
+        if att.busy_until > now:
+            self.counters.deferred += 1
+            self.scheduler.call_at(
+                att.busy_until, self._begin, att, psdu, channel, ack_request, on_done
+            )
+            return None
+        return self._start(att, psdu, channel, ack_request, on_done)
 
     def _start(
         self,
@@ -735,6 +760,7 @@ class Medium:
         airtime = self.phy.airtime_s(len(psdu))
         tx = _Tx(att, psdu, channel, now, now + airtime, att.epoch, ack_request, on_done, ack_for)
         att.last_tx_start, att.last_tx_end = now, now + airtime
+        att.busy_until = max(att.busy_until, now + airtime)
         ongoing = self._ongoing.setdefault(channel, [])
         for other in ongoing:
             other.overlaps.append(tx)
@@ -785,7 +811,10 @@ class Medium:
             self._finish(tx, outcome)
         elif acker is not None:
             tx.partial = outcome  # the ack's end completes it
-            self.scheduler.call_at(now + self.turnaround_s, self._send_ack, tx, *acker)
+            rx, reply = acker
+            ack_end = now + self.turnaround_s + self.phy.airtime_s(len(reply))
+            rx.busy_until = max(rx.busy_until, ack_end)
+            self.scheduler.call_at(now + self.turnaround_s, self._send_ack, tx, rx, reply)
         else:
             self.scheduler.call_at(tx.end + self.ack_wait_s, self._finish, tx, outcome)
 
@@ -899,8 +928,10 @@ class CsmaConfig:
     max_backoffs: int = 4
     #: aUnitBackoffPeriod = aTurnaroundTime (1 ms for SUN PHYs) + CCA (8 symbols at 50 kHz).
     unit_backoff_s: float = 1.16e-3
-    #: Energy at the node above this means the channel is busy.
-    cca_threshold_dbm: float = -85.0
+    #: Energy at the node above this means the channel is busy. 802.15.4 allows at most
+    #: 10 dB above the receiver's sensitivity; with the −105 dBm of :class:`phy.PhyConfig`
+    #: that is −95 dBm, which also lets meters a few hundred metres apart hear each other.
+    cca_threshold_dbm: float = -95.0
 
 
 DEFAULT_CSMA = CsmaConfig()
@@ -925,7 +956,8 @@ def csma_transmit(
         )
 
     def assess(attempts: int, exponent: int) -> None:
-        if medium.node_energy_dbm(node, channel) <= config.cca_threshold_dbm:
+        busy = medium.is_busy(node)  # a radio that is sending cannot listen
+        if not busy and medium.node_energy_dbm(node, channel) <= config.cca_threshold_dbm:
             medium.transmit(node, psdu, channel, on_done)
         elif attempts >= config.max_backoffs:
             on_done(None)

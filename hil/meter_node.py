@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,9 @@ class MeterNode:
         self.powered = True
         self._seq = 0
         self._last_seq: dict[bytes, int] = {}
+        # One frame in flight at a time (with its retries), as a MAC does; the rest wait here.
+        self._tx_queue: deque[tuple[bytes, Callable[[bool], None] | None]] = deque()
+        self._tx_busy = False
 
     def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
         if not self.powered or channel != self.channel:
@@ -123,24 +127,37 @@ class MeterNode:
                 self._seq, pan_id, dst_mac, self.eui64, lowpan.compress(packet, self.eui64, dst_mac)
             )
         )
-        self._send_frame(psdu, self.max_frame_retries, on_result)
+        self._tx_queue.append((psdu, on_result))
+        self._next_frame()
+
+    def _next_frame(self) -> None:
+        if self._tx_busy or not self._tx_queue:
+            return
+        psdu, on_result = self._tx_queue.popleft()
+        self._tx_busy = True
+
+        def finished(acked: bool) -> None:
+            self._tx_busy = False
+            if on_result is not None:
+                on_result(acked)
+            self._next_frame()
+
+        self._send_frame(psdu, self.max_frame_retries, finished)
 
     def _send_frame(
-        self, psdu: bytes, retries_left: int, on_result: Callable[[bool], None] | None
+        self, psdu: bytes, retries_left: int, on_result: Callable[[bool], None]
     ) -> None:
         def done(outcome: TxOutcome | None) -> None:
             if outcome is None:
                 self.stats.cca_failures += 1
             elif outcome.ack_psdu is not None:
-                if on_result is not None:
-                    on_result(True)
+                on_result(True)
                 return
             if retries_left > 0:
                 self._send_frame(psdu, retries_left - 1, on_result)
                 return
             self.stats.tx_no_ack += 1
-            if on_result is not None:
-                on_result(False)
+            on_result(False)
 
         self.stats.frames_tx += 1
         csma_transmit(self.medium, self, psdu, self.channel, self.rng, done, self.csma)

@@ -16,6 +16,7 @@ from hil.medium import Medium
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
 from hil.meter_node import MeterNode, Scheduler
+from hil.scenario import Scenario
 
 
 @dataclass(frozen=True)
@@ -90,4 +91,35 @@ def populate(
         position = (distance * math.cos(angle), distance * math.sin(angle))
         medium.attach(node, position, channel=channel)
         placed.append(EmulatedMeter(meter_id, node, server, position))
+    return placed
+
+
+def place_scenario(
+    medium: Medium,
+    scenario: Scenario,
+    clock: Clock,
+    rng: random.Random,
+    *,
+    profile_period_s: float = 900.0,
+) -> list[EmulatedMeter]:
+    """Attach the scenario's meters where it places them, with its radio settings; they
+    schedule on the medium's clock (the simulator's virtual time)."""
+    schedule = medium_scheduler(medium)
+    radio = scenario.radio
+    placed = []
+    for spec in scenario.nodes:
+        model = MeterModel(
+            spec.meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
+        )
+        server = MeterServer(model, clock)
+        node = MeterNode(
+            spec.eui64,
+            medium,
+            server.handle,
+            schedule,
+            channel=radio.channel,
+            rng=random.Random(rng.getrandbits(64)),
+        )
+        medium.attach(node, spec.position, tx_power_dbm=radio.tx_power_dbm, channel=radio.channel)
+        placed.append(EmulatedMeter(spec.meter_id, node, server, spec.position))
     return placed

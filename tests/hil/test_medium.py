@@ -427,3 +427,33 @@ def test_bad_arguments_are_typed_errors() -> None:
     with pytest.raises(ValueError, match="at least one channel"):
         medium.add_interferer((0, 0), 0, [])
     assert phy.channel_frequency_hz(medium.channel(a)) == pytest.approx(902.2e6)
+
+
+def test_a_radio_sends_one_frame_at_a_time_and_its_ack_first() -> None:
+    sched = InstantScheduler()
+    medium = Medium(random.Random(13), scheduler=sched)
+    a, b = Node(eui(1)), Node(eui(2), ack=b"ACK!!")
+    medium.attach(a, (0, 0))
+    medium.attach(b, (50, 0))
+    starts: list[tuple[float, bytes]] = []
+    medium.on_air(lambda t, node, psdu, ch: starts.append((t, node.eui64)))
+    medium.transmit(a, frame(40, ack=False), 0)  # 8.32 ms
+    sched.call_at(0.001, medium.transmit, a, frame(20, ack=False), 0)
+    sched.run()
+    assert [round(t, 6) for t, _ in starts] == [0.0, 0.00832]  # not on top of itself
+    assert medium.counters.deferred == 1 and medium.is_busy(a) is False
+    # b owes an ack for a's frame; a frame b starts in the turnaround waits for the ack.
+    starts.clear()
+    t0 = sched.time()
+    medium.transmit(a, frame(20, ack=True), 0)  # ends at t0 + 5.12 ms
+    sched.call_at(t0 + 0.0055, medium.transmit, b, frame(20, ack=False), 0)
+    sched.call_at(t0 + 0.0055, lambda: busy.append(medium.is_busy(b)))
+    busy: list[bool] = []
+    sched.run()
+    ack_start = t0 + 5.12e-3 + 1e-3
+    assert [(round(t - t0, 6), who) for t, who in starts] == [
+        (0.0, eui(1)),
+        (round(ack_start - t0, 6), eui(2)),
+        (round(ack_start + 2.72e-3 - t0, 6), eui(2)),
+    ]
+    assert busy == [True]
