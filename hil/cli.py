@@ -62,7 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=0.0, help="stop after this many seconds (0: until Ctrl-C)"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    sim = sub.add_parser(
+        "simulate", help="run the gateway agent against an emulated mesh in virtual time"
+    )
+    sim.add_argument("--scenario", required=True, help="name in config/scenarios/ or a YAML path")
+    sim.add_argument("--duration", default="24h", help="virtual time to run, e.g. 90m, 24h")
+    sim.add_argument("--pcap", type=Path, default=None, help="write every frame on the air here")
+    sim.add_argument("--report", type=Path, default=None, help="write the summary as JSON here")
+    sim.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    sim.set_defaults(func=_cmd_simulate)
     return parser
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hil.scenario import ScenarioError, load_scenario, parse_duration
+    from hil.simulate import print_summary, simulate, write_report
+
+    try:
+        scenario = load_scenario(args.scenario)
+        duration = parse_duration(args.duration, "--duration")
+    except ScenarioError as exc:
+        print(f"hil simulate: {exc}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        # Per-read log lines of a thousand meters over a day would drown the summary.
+        logging.getLogger().setLevel(logging.WARNING)
+    _, summary = simulate(scenario, duration, pcap=args.pcap)
+    print_summary(summary)
+    if args.report is not None:
+        write_report(summary, args.report)
+    return 0 if summary["exit_code"] == 0 else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
