@@ -73,8 +73,6 @@ LQI_FULL_SCALE_SNR_DB = 30.0
 TURNAROUND_S = 1e-3
 #: A frame whose PER is at least this is not drawn for: it is below sensitivity.
 HOPELESS_PER = 1.0 - 1e-9
-#: The shortest PSDU that matters for reach (an Imm-Ack).
-MIN_PSDU_BYTES = 5
 #: How far back ``channel_energy_dbm(at=...)`` can look.
 HISTORY_S = 1.0
 LOSS_CAUSES = ("per", "interference", "collision", "half_duplex", "below_sensitivity", "dark")
@@ -396,6 +394,7 @@ class Medium:
     def detach(self, node: RadioNode) -> None:
         att = self._nodes.pop(id(node), None)
         if att is not None:
+            att.epoch += 1  # a frame it had in flight is cut off
             self._gone.append(att)
             self._dirty.add(att.key)
 
@@ -791,10 +790,17 @@ class Medium:
         cut = tx.sender.epoch != tx.epoch
         receptions: list[Reception] = []
         acker: tuple[_Attachment, bytes] | None = None
-        audible = self._audible_floor_base()
+        # Links are sorted strongest first: past this one, no jitter lifts a frame of this
+        # length out of hopelessness, so nobody further on is even looked at.
+        audible = (
+            self.noise_floor
+            + self._hopeless(len(tx.psdu))
+            - 4 * self.jitter_sigma_db
+            + self._ref_loss[tx.channel]
+        )
         for rx, base in tx.sender.links:
             if base < audible:
-                break  # sorted strongest first: nobody further on can ever decode
+                break
             if rx.channel != tx.channel or rx.listening_since > tx.start:
                 continue
             heard = self._receive(tx, rx, base, cut)
@@ -852,15 +858,6 @@ class Medium:
         if tx.on_done is not None:
             tx.on_done(outcome)
 
-    def _audible_floor_base(self) -> float:
-        """Links weaker than this (in "base" power) cannot carry even the shortest frame."""
-        return (
-            self.noise_floor
-            + self._hopeless(MIN_PSDU_BYTES)
-            - 4 * self.jitter_sigma_db
-            + self._min_ref_loss
-        )
-
     def _hopeless(self, psdu_bytes: int) -> float:
         snr = self._hopeless_snr.get(psdu_bytes)
         if snr is None:
@@ -890,27 +887,38 @@ class Medium:
         if power - noise < self._hopeless(length):
             losses["below_sensitivity"] += 1
             return None
-        noise_mw = _mw(noise)
-        foreign_mw = 0.0
-        for i in tx.interferers:
-            foreign_mw += _mw(i.power_dbm - self.path_loss_db(i.position, rx.position, tx.channel))
-        overlap_mw = 0.0
-        for other in tx.overlaps:
-            other_base = other.sender.link_base.get(rx.key)
-            if other_base is not None:
-                fade = self._fade(other.sender.key, rx.key, tx.end) if self._fades else 0.0
-                overlap_mw += _mw(other_base - ref - fade)
-        sinr = power - _dbm(noise_mw + foreign_mw + overlap_mw)
-        per_total = self.phy.per(sinr, length)
-        draw = self.rng.random()
-        if draw < per_total:
-            if draw < self.phy.per(power - noise, length):
+        snr = power - noise
+        if not tx.interferers and not tx.overlaps:  # the common case: noise only
+            sinr = snr
+            if self.rng.random() < self.phy.per(snr, length):
                 losses["per"] += 1
-            elif foreign_mw and draw < self.phy.per(power - _dbm(noise_mw + foreign_mw), length):
-                losses["interference"] += 1
-            else:
-                losses["collision"] += 1
-            return None
+                return None
+        else:
+            noise_mw = _mw(noise)
+            foreign_mw = 0.0
+            for i in tx.interferers:
+                loss = self.path_loss_db(i.position, rx.position, tx.channel)
+                foreign_mw += _mw(i.power_dbm - loss)
+            overlap_mw = 0.0
+            for other in tx.overlaps:
+                other_base = other.sender.link_base.get(rx.key)
+                if other_base is not None:
+                    fade = self._fade(other.sender.key, rx.key, tx.end) if self._fades else 0.0
+                    overlap_mw += _mw(other_base - ref - fade)
+            sinr = power - _dbm(noise_mw + foreign_mw + overlap_mw)
+            draw = self.rng.random()
+            if draw < self.phy.per(sinr, length):
+                # One draw, three thresholds: lost anyway, lost to the interferers, or lost
+                # to the frames that overlapped it.
+                if draw < self.phy.per(snr, length):
+                    losses["per"] += 1
+                elif foreign_mw and draw < self.phy.per(
+                    power - _dbm(noise_mw + foreign_mw), length
+                ):
+                    losses["interference"] += 1
+                else:
+                    losses["collision"] += 1
+                return None
         rssi = max(-128, min(127, round(power)))
         lqi = max(0, min(255, round(sinr * 255 / LQI_FULL_SCALE_SNR_DB)))
         return rssi, lqi

@@ -457,3 +457,20 @@ def test_a_radio_sends_one_frame_at_a_time_and_its_ack_first() -> None:
         (round(ack_start + 2.72e-3 - t0, 6), eui(2)),
     ]
     assert busy == [True]
+
+
+def test_detached_node_is_gone_from_every_list_and_its_frame_is_cut() -> None:
+    sched = InstantScheduler()
+    medium = Medium(random.Random(14), scheduler=sched)
+    a, b, c = Node(eui(1)), Node(eui(2)), Node(eui(3))
+    for i, node in enumerate((a, b, c)):
+        medium.attach(node, (40.0 * i, 0.0))
+    assert set(map(id, medium.neighbours(a))) == {id(b), id(c)}
+    medium.transmit(b, frame(60, ack=False), 0)
+    medium.detach(b)
+    sched.run()
+    assert a.heard == [] and c.heard == []
+    assert medium.neighbours(a) == [c] and b not in medium.nodes()
+    medium.transmit(a, frame(ack=False), 0)
+    sched.run()
+    assert b.heard == [] and len(c.heard) == 1

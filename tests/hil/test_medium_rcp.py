@@ -21,9 +21,7 @@ from firmware_agent.clock import LoopClock, ManualClock
 from firmware_agent.mesh import frames, ipv6, lowpan
 from hil import phy, vtime
 from hil.loop import register
-from hil.medium import InstantScheduler, Medium
-from hil.meter_node import DLMS_PORT, MeterNode
-from hil.population import medium_scheduler
+from hil.medium import InstantScheduler, Medium, TxOutcome, csma_transmit
 from hil.rcp import VirtualRcp, default_acker
 
 GW = bytes.fromhex("0257530000000001")
@@ -149,22 +147,46 @@ def test_concurrent_requests_are_queued_not_refused() -> None:
     in_virtual_time(go)
 
 
-def test_a_meter_answers_dlms_over_the_air_and_the_sniffer_sees_it_all() -> None:
+class Responder:
+    """A meter's shape without its stack: acks frames addressed to it and answers each UDP
+    datagram 10 ms later with one of its own, sent through CSMA-CA."""
+
+    def __init__(self, eui64: bytes, medium: Medium, answer: Callable[[bytes], bytes]) -> None:
+        self.eui64 = eui64
+        self.medium = medium
+        self.answer = answer
+        self.rng = random.Random(3)
+        self.outcomes: list[TxOutcome | None] = []
+
+    def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
+        ack = default_acker(psdu, self.eui64)
+        if ack is not None:
+            self.medium.call_later(0.01, self._reply, frames.decode(psdu))
+        return ack
+
+    def _reply(self, request: frames.Frame) -> None:
+        assert request.src is not None
+        datagram = ipv6.decode_udp(lowpan.decompress(request.payload, request.src, self.eui64))
+        src, dst = ipv6.link_local(self.eui64), ipv6.link_local(request.src)
+        reply = ipv6.UdpDatagram(
+            datagram.dst_port, datagram.src_port, self.answer(datagram.payload)
+        )
+        packet = ipv6.Ipv6Packet(src, dst, ipv6.UDP, ipv6.encode_udp(src, dst, reply))
+        payload = lowpan.compress(packet, self.eui64, request.src)
+        psdu = frames.encode(frames.data_frame(7, PAN, request.src, self.eui64, payload))
+        csma_transmit(self.medium, self, psdu, 0, self.rng, self.outcomes.append)
+
+
+def test_a_node_answers_over_the_air_and_the_sniffer_sees_it_all() -> None:
     async def go() -> None:
         async with world() as w:
             sniffed: list[tuple[float, bytes, int]] = []
             w.medium.on_air(lambda t, node, psdu, ch: sniffed.append((t, psdu, ch)))
-            meter = MeterNode(
-                METER,
-                w.medium,
-                lambda apdu: b"answer to " + apdu,
-                medium_scheduler(w.medium),
-                rng=random.Random(3),
-            )
+            meter = Responder(METER, w.medium, lambda apdu: b"answer to " + apdu)
             w.medium.attach(meter, (60.0, 0.0))
             await w.radio.enable_raw_stream()
             src, dst = ipv6.link_local(GW), ipv6.link_local(METER)
-            request = ipv6.UdpDatagram(40_000, DLMS_PORT, b"GET 1.0.1.8.0.255")
+            request = ipv6.UdpDatagram(40_000, 4059, b"GET 1.0.1.8.0.255")
             packet = ipv6.Ipv6Packet(src, dst, ipv6.UDP, ipv6.encode_udp(src, dst, request))
             payload = lowpan.compress(packet, GW, METER)
             assert (await w.radio.transmit(data_psdu(METER, payload))).status is TxStatus.ACKED
@@ -173,33 +195,18 @@ def test_a_meter_answers_dlms_over_the_air_and_the_sniffer_sees_it_all() -> None
             reply = frames.decode(rx.psdu)
             assert reply.src == METER and reply.ack_request
             datagram = ipv6.decode_udp(lowpan.decompress(reply.payload, METER, GW))
-            assert (datagram.src_port, datagram.dst_port) == (DLMS_PORT, 40_000)
+            assert (datagram.src_port, datagram.dst_port) == (4059, 40_000)
             assert datagram.payload == b"answer to GET 1.0.1.8.0.255"
             await asyncio.sleep(0.05)  # the RCP's ack of the reply
             kinds = [frames.decode(p).frame_type for _, p, _ in sniffed]
             assert kinds == [frames.FrameType.DATA, frames.FrameType.ACK] * 2
             times = [t for t, _, _ in sniffed]
-            assert (
-                times == sorted(times) and times[2] - times[1] >= 0.009
-            )  # the meter's 10 ms reply delay
-            assert meter.stats.requests == 1 and meter.stats.tx_no_ack == 0
+            assert times == sorted(times) and times[2] - times[1] >= 0.009  # the reply delay
+            (outcome,) = meter.outcomes
+            assert outcome is not None and outcome.ack_psdu is not None  # the RCP acked it
+            assert abs(outcome.ack_rssi_dbm - w.medium.link_budget(w.rcp, meter, 0)) < 3
 
     in_virtual_time(go)
-
-
-def test_a_meter_retries_then_gives_up_when_nobody_acks() -> None:
-    medium = Medium(random.Random(4))
-    meter = MeterNode(
-        METER, medium, lambda apdu: None, medium_scheduler(medium), rng=random.Random(1)
-    )
-    listener = ProbeNode(bytes(8))  # hears everything, acks nothing addressed to METER's peer
-    medium.attach(meter, (0.0, 0.0))
-    medium.attach(listener, (30.0, 0.0))
-    results: list[bool] = []
-    meter.send_udp(GW, PAN, ipv6.UdpDatagram(DLMS_PORT, 40_000, b"x"), results.append)
-    assert results == [False]
-    assert len(listener.heard) == 4 and meter.stats.frames_tx == 4
-    assert meter.stats.tx_no_ack == 1
 
 
 def test_a_reset_during_a_transmission_drops_its_tx_done() -> None:
