@@ -128,8 +128,12 @@ def build_rcp_world(args: argparse.Namespace) -> tuple[Medium, VirtualRcp]:
     """The medium, the RCP at the origin, and (through :func:`attach_meters`) everything else.
     Call it inside the running event loop: attached nodes may schedule work on it."""
     rng = random.Random(args.seed)
+    # Frames take their airtime on the event loop's clock, as on a real channel.
     medium = Medium(
-        rng, noise_floor_dbm=args.noise_floor, path_loss_exponent=args.path_loss_exponent
+        rng,
+        scheduler=asyncio.get_running_loop(),
+        noise_floor_dbm=args.noise_floor,
+        path_loss_exponent=args.path_loss_exponent,
     )
     rcp = VirtualRcp(
         medium,
