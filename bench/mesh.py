@@ -1,5 +1,8 @@
 """mesh: benchmarks of the mesh layer (each part is a function; ``main`` runs them all).
 
+bench_simulation: simulated seconds per wall second of ``hil simulate`` for 200 and 1,000
+meters with 15-minute reads, against the bare DLMS work of the same reads (see its docstring).
+
 bench_routes: what the root's routing table (firmware_agent.mesh.routes) costs per DAO at 100,
 1,000 and 5,000 nodes, and how that cost grows with the mesh. Meshes are seeded random
 geometric graphs: nodes spread uniformly around the gateway at a density of about 12
@@ -29,13 +32,17 @@ change next to the gateway invalidated every path through that first hop).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from firmware_agent.mesh.routes import LinkQuality, RoutingTable, Transit, lollipop_next
+from hil.scenario import Scenario
 
 SIZES = (100, 1_000, 5_000)
 SEED = 5
@@ -260,8 +267,93 @@ def bench_routes() -> dict[str, object]:
     return {"sizes": results, "growth": growth, "preferred": pref}
 
 
+class _InProcessLink:
+    """A MeterLink straight to an emulated meter's DLMS server: no mesh, no radio."""
+
+    def __init__(self, handle: Callable[[bytes], bytes | None]) -> None:
+        self._handle = handle
+
+    async def request(self, frame: bytes, timeout: float) -> bytes:
+        reply = self._handle(frame)
+        if reply is None:
+            raise TimeoutError("no reply")
+        return reply
+
+    async def close(self) -> None:
+        return None
+
+
+def _bare_reads(scenario: Scenario, reads: int) -> float:
+    """Seconds of the baseline: ``reads`` complete meter reads (gurux client against our meter
+    server, in process) spread over the scenario's meters, with the same read settings."""
+    from firmware_agent.clock import ManualClock
+    from firmware_agent.collector.reader import read_meter
+    from firmware_agent.config import MeterConfig
+    from hil.meter.dlms_server import MeterServer
+    from hil.meter.model import MeterModel
+
+    clock = ManualClock(EPOCH_FOR_BASELINE)
+    rng = random.Random(scenario.seed)
+    servers = [
+        MeterServer(MeterModel(n.meter_id, random.Random(rng.getrandbits(64))), clock)
+        for n in scenario.nodes[: min(len(scenario.nodes), 50)]
+    ]
+    configs = [MeterConfig(id=f"B{i}", transport="udp", address="::1") for i in range(len(servers))]
+
+    async def run() -> float:
+        started = time.perf_counter()
+        for i in range(reads):
+            k = i % len(servers)
+            await read_meter(_InProcessLink(servers[k].handle), configs[k], clock, profile_rows=4)
+        return time.perf_counter() - started
+
+    return asyncio.run(run())
+
+
+#: Scenario and virtual duration of the simulation benchmark runs.
+SIMULATIONS = (("random-200", 6 * 3600.0), ("random-1000", 2 * 3600.0))
+EPOCH_FOR_BASELINE = 1_767_225_600.0
+
+
+def bench_simulation(runs: Sequence[tuple[str, float]] = SIMULATIONS) -> list[dict[str, Any]]:
+    """Simulated seconds per wall second of ``hil simulate`` (the whole agent, the medium and
+    the meters on the virtual-time loop, 15-minute reads), against the bare DLMS work of the
+    same number of reads measured in the same run: the ratio is what the mesh, the radio
+    driver, the medium and the node stacks cost on top of the DLMS exchanges themselves."""
+    from hil.scenario import load_scenario
+    from hil.simulate import simulate
+
+    out = []
+    for name, duration in runs:
+        scenario = load_scenario(name)
+        logging.disable(logging.WARNING)  # a failed read's log line is not what is measured
+        try:
+            _, summary = simulate(scenario, duration)
+        finally:
+            logging.disable(logging.NOTSET)
+        reads = summary["reads"]["ok"] + summary["reads"]["failed"]
+        wall = summary["wall_s"]
+        bare = _bare_reads(scenario, max(1, summary["reads"]["ok"]))
+        per_day = 86400.0 / summary["simulated_s_per_wall_s"] if wall else float("nan")
+        print(
+            f"simulate {name}: {duration / 3600:.1f} h of {summary['meters']} meters in"
+            f" {wall:.1f} s wall = {summary['simulated_s_per_wall_s']} simulated s per wall s"
+            f" (a 24 h day: {per_day / 60:.1f} min); {summary['joined']} joined,"
+            f" {reads} reads ({summary['reads']['success_rate']} ok);"
+            f" {summary['medium']['frames']} frames on the air"
+        )
+        print(
+            f"simulate {name}: the same {summary['reads']['ok']} reads without the mesh"
+            f" (gurux client to meter server in process) take {bare:.2f} s: ratio"
+            f" {wall / bare:.1f}x"
+        )
+        out.append({"scenario": name, "summary": summary, "bare_reads_s": bare})
+    return out
+
+
 def main() -> None:
     bench_routes()
+    bench_simulation()
 
 
 if __name__ == "__main__":
