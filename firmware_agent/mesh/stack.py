@@ -377,12 +377,27 @@ class MeshStack:
         self.neighbours.noise_sample(self.channel, dbm)
         return dbm
 
-    async def noise_sampler(self, interval_s: float) -> None:
+    async def scan_noise(self, channels: list[int], duration_ms: int = 32) -> dict[int, int]:
+        """An energy scan of ``channels`` into their noise-floor estimates (dBm per channel)."""
+        results = await self.radio.energy_scan(channels, duration_ms)
+        for channel, dbm in results.items():
+            self.neighbours.noise_sample(channel, dbm)
+        return results
+
+    async def noise_sampler(self, interval_s: float, *, scan_every: int = 6) -> None:
+        """Idle-RSSI samples of our channel every ``interval_s``, and every ``scan_every``-th
+        time an energy scan of it instead (a scan integrates over its duration; a sample is
+        one instant): both feed the same per-channel floor."""
+        count = 0
         while True:
+            count += 1
             try:
-                await self.sample_noise()
+                if scan_every and count % scan_every == 0:
+                    await self.scan_noise([self.channel])
+                else:
+                    await self.sample_noise()
             except RadioError as exc:
-                log.warning("noise-floor sample failed: %s", exc)
+                log.warning("noise-floor measurement failed: %s", exc)
             await asyncio.sleep(interval_s)
 
 
