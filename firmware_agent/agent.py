@@ -34,7 +34,7 @@ from firmware_agent.clock import Clock
 from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.scheduler import Collector, MeterStatus
 from firmware_agent.config import Config, MeterConfig
-from firmware_agent.mesh.neighbours import Neighbour
+from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
@@ -53,7 +53,8 @@ ROUTES_SAVE_S = 60.0
 class MeterView:
     config: MeterConfig
     status: MeterStatus
-    neighbour: Neighbour | None
+    neighbour: Neighbour | None  # the gateway's link the meter is reached through (first hop)
+    hops: int | None = None  # on the preferred path; None: no route known (not joined)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Snapshot:
     readings_total: int
     noise_floor_dbm: float | None
     meters: list[MeterView] = field(default_factory=list)
+    link_limits: LinkThresholds | None = None
 
 
 def eui64(text: str) -> bytes:
@@ -408,13 +410,15 @@ class Agent:
     def snapshot(self) -> Snapshot:
         meters: list[MeterView] = []
         if self.collector is not None:
+            now = self.clock.monotonic()
             for m in self.config.meters:
-                nb = (
-                    self.stack.neighbours.get(eui64(m.address))
-                    if self.stack and m.transport == "mesh"
-                    else None
-                )
-                meters.append(MeterView(m, self.collector.status[m.id], nb))
+                nb, hops = None, None
+                if self.stack is not None and m.transport == "mesh":
+                    mac = eui64(m.address)
+                    route = self.stack.routes.source_route(mac, now)
+                    hops = None if route is None else len(route)
+                    nb = self.stack.neighbours.get(route[0] if route else mac)
+                meters.append(MeterView(m, self.collector.status[m.id], nb, hops))
         stats = self.uplink.stats if self.uplink is not None else None
         return Snapshot(
             gateway_id=self.config.gateway.id,
@@ -428,6 +432,7 @@ class Agent:
             if self.stack
             else None,
             meters=meters,
+            link_limits=self.stack.neighbours.limits if self.stack else None,
         )
 
 

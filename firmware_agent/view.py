@@ -14,6 +14,7 @@ from rich.text import Text
 
 from firmware_agent.agent import Agent, Snapshot
 from firmware_agent.clock import Clock
+from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 
 
 class RateMeter:
@@ -33,6 +34,14 @@ class RateMeter:
 
 def _fmt(value: float | None, spec: str = ".1f", unit: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{unit}"
+
+
+def _link(nb: Neighbour | None, limits: LinkThresholds, now: float) -> Text:
+    """The link's SNR class in its dashboard colour (seed 000: red silent, orange lossy/slow)."""
+    if nb is None:
+        return Text("–")
+    colour = nb.colour(limits, now).value
+    return Text(nb.snr_class(limits).value, style=colour)
 
 
 def render(snap: Snapshot, rate: float, now: float) -> Group:
@@ -55,6 +64,7 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
         Text(f"readings {snap.readings_total}  published {snap.published_records}"),
         Text(f"spool depth {snap.spool_depth}  noise floor {floor}"),
     )
+    limits = snap.link_limits or LinkThresholds()
     table = Table(expand=True)
     for col in (
         "meter",
@@ -62,9 +72,11 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
         "reads ok/fail",
         "last read",
         "readings",
+        "hops",
         "RSSI dBm",
         "SNR dB",
         "ETX",
+        "link",
         "error",
     ):
         table.add_column(col)
@@ -78,9 +90,11 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
             f"{st.reads_ok}/{st.reads_failed}",
             _fmt(age, ".0f", " s ago"),
             str(st.readings),
+            _fmt(mv.hops, "d"),
             _fmt(nb.rssi_dbm if nb else None, "d"),
             _fmt(nb.snr_db if nb else None),
             _fmt(nb.etx / 128 if nb and nb.etx is not None else None, ".2f"),
+            _link(nb, limits, now),
             (st.last_error or "")[:40],
         )
     return Group(header, table)

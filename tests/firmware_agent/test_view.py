@@ -49,7 +49,7 @@ def test_render_shows_every_meter_with_link_quality() -> None:
         noise_floor_dbm=-115.0,
         meters=[
             MeterView(
-                MeterConfig("MTR-0001", "mesh", "02:00:00:00:00:00:00:01"), ok, table.get(mac)
+                MeterConfig("MTR-0001", "mesh", "02:00:00:00:00:00:00:01"), ok, table.get(mac), 3
             ),
             MeterView(MeterConfig("MTR-0002", "udp", "192.0.2.7"), bad, None),
         ],
@@ -60,5 +60,8 @@ def test_render_shows_every_meter_with_link_quality() -> None:
     assert (
         "ok" in line1 and "4/0" in line1 and "-80" in line1 and "35.0" in line1 and "2.00" in line1
     )
+    cells = [c.strip() for c in line1.split("│")]
+    assert "3" in cells  # hops on the preferred path
+    assert cells.count("ok") == 2  # the read state and the link's SNR class
     line2 = next(ln for ln in text.splitlines() if "MTR-0002" in ln)
     assert "failing" in line2 and "0/2" in line2 and "LinkTimeout" in line2
