@@ -261,7 +261,7 @@ class SpinelTransceiver(Transceiver):
             raise RadioError(f"{self.name}: malformed transmit-done reply: {exc}") from exc
         if done.status == Status.OK:
             if done.ack is not None and done.ack.psdu:
-                return TxResult(TxStatus.ACKED, done.ack.psdu)
+                return TxResult(TxStatus.ACKED, done.ack.psdu, done.ack.rssi_dbm, done.ack.lqi)
             return TxResult(TxStatus.SENT)
         if done.status == Status.NO_ACK:
             return TxResult(TxStatus.NO_ACK)

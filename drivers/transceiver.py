@@ -34,6 +34,10 @@ class TxStatus(enum.Enum):
 class TxResult:
     status: TxStatus
     ack_psdu: bytes | None = None
+    # How the ack was received: a link's quality is measured on its acks too, which during
+    # downward traffic are most of what is heard from a neighbour.
+    ack_rssi_dbm: int | None = None
+    ack_lqi: int | None = None
 
 
 @dataclass(slots=True)  # hot path: built per frame; frozen would triple the cost

@@ -203,6 +203,11 @@ class MeshStack:
         if not broadcast:
             acked = result.status == TxStatus.ACKED
             self.neighbours.transmitted(next_hop, attempts, acked)
+            if acked and result.ack_rssi_dbm is not None:
+                self.neighbours.heard(
+                    next_hop, result.ack_rssi_dbm, result.ack_lqi or 0, self.channel,
+                    self.clock.now(),
+                )  # fmt: skip
             if acked and result.ack_psdu is not None:
                 self._on_ack(next_hop, result.ack_psdu)
             self._feed_link(next_hop)

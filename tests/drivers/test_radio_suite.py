@@ -141,6 +141,10 @@ def test_transmit_acked_no_ack_broadcast_and_cca_failure(kind: str) -> None:
             assert result.ack_psdu is not None
             ack = frames.decode(result.ack_psdu)
             assert (ack.frame_type, ack.seq) == (frames.FrameType.ACK, 9)
+            # The ack's reception is reported too (the gateway measures links on acks).
+            assert result.ack_rssi_dbm is not None and result.ack_lqi is not None
+            truth = b.medium.link_budget(meter, b.rcp, 5)
+            assert abs(result.ack_rssi_dbm - truth) <= 3, (result.ack_rssi_dbm, truth)
             heard, _, _, channel = meter.heard[-1]
             assert channel == 5 and frames.decode(heard).payload == b"hello"
 
