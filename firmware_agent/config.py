@@ -421,8 +421,8 @@ class MeshConfig:
     dio_doublings: int = field(default=12, metadata=rules(in_range(0, 30)))
     dio_redundancy: int = field(default=10, metadata=rules(non_negative))
     dao_lifetime_s: float = field(default=7200.0, metadata=rules(positive))
-    snr_floor_db: float = field(default=8.0, metadata=rules(in_range(-20, 60)))
-    snr_ok_db: float = field(default=14.0, metadata=rules(in_range(-20, 60)))
+    snr_floor_db: float = field(default=12.0, metadata=rules(in_range(-20, 60)))
+    snr_ok_db: float = field(default=18.0, metadata=rules(in_range(-20, 60)))
     snr_hysteresis_db: float = field(default=3.0, metadata=rules(non_negative))
     silent_after_s: float = field(default=1800.0, metadata=rules(positive))
     # The routing table is saved here (atomically) and reloaded at start; None: not persisted.

@@ -7,7 +7,8 @@ sample that happens to land on someone's frame reads high, and a floor pulled up
 understate every link's SNR.
 
 RSL in is an EWMA with factor 1/8 of received power; RSL out is what the peer reports of us in
-its RSL IE; ETX = attempts / acks × 128 capped at 1024, as Wi-SUN (and wsbrd) define them.
+its RSL IE; ETX = attempts / acks × 128 capped at 1024, as Wi-SUN (and wsbrd) define it, over
+the last 8 frames sent.
 Each link gets two classes: an SNR class (ok / marginal / low, against configured thresholds)
 and the head-end dashboard colour of seed 000 (green; orange = loss or latency over 2000 ms;
 red = silent, likely a power failure).
@@ -24,6 +25,8 @@ ETX_SCALE = 128
 ETX_MAX = 1024
 #: Recent per-frame SNR samples kept per link for percentiles.
 SNR_HISTORY = 64
+#: ETX counts the last this many frame exchanges (a link that goes bad shows it within a few).
+ETX_WINDOW = 8
 #: Recent noise samples kept per channel; the floor is their NOISE_PERCENTILE-th percentile.
 NOISE_HISTORY = 32
 NOISE_PERCENTILE = 20
@@ -58,8 +61,8 @@ class Colour(enum.Enum):
 
 @dataclass(frozen=True)
 class LinkThresholds:
-    snr_ok_db: float = 14.0  # at or above: ok
-    snr_floor_db: float = 8.0  # below: low (routing moves traffic off the link)
+    snr_ok_db: float = 18.0  # at or above: ok
+    snr_floor_db: float = 12.0  # below: low (routing moves traffic off the link)
     silent_after_s: float = 900.0  # not heard for this long: red
     latency_limit_s: float = 2.0  # seed 000: orange over 2000 ms
     loss_etx: int = 2 * ETX_SCALE  # ETX above this (over half the frames retried or lost): orange
@@ -83,15 +86,21 @@ class Neighbour:
     tx_failures: int = 0  # frames given up on after all retries
     latency_s: float | None = None  # EWMA of request → answer round trips through this link
     snr_history: deque[float] = field(default_factory=lambda: deque(maxlen=SNR_HISTORY))
+    #: (attempts, acked) of the last ETX_WINDOW frames sent to this neighbour.
+    recent_tx: deque[tuple[int, bool]] = field(default_factory=lambda: deque(maxlen=ETX_WINDOW))
 
     @property
     def etx(self) -> int | None:
-        """ETX × 128 (capped at 1024), or None before the first transmission."""
-        if not self.tx_attempts:
+        """ETX × 128 over the recent frames (capped at 1024), or None before the first one.
+        Recent, not lifetime: a link that was good for a month and fails now must look bad
+        now, or traffic would stay on it."""
+        if not self.recent_tx:
             return None
-        if not self.tx_acks:
+        attempts = sum(a for a, _ in self.recent_tx)
+        acks = sum(1 for _, acked in self.recent_tx if acked)
+        if not acks:
             return ETX_MAX
-        return min(ETX_MAX, round(self.tx_attempts / self.tx_acks * ETX_SCALE))
+        return min(ETX_MAX, round(attempts / acks * ETX_SCALE))
 
     def snr_percentiles(self) -> dict[str, float] | None:
         """p10 / p50 / p90 of recent per-frame SNR (dB), or None before any."""
@@ -173,6 +182,7 @@ class NeighbourTable:
             nb.tx_attempts += attempts
             nb.tx_acks += int(acked)
             nb.tx_failures += int(not acked)
+            nb.recent_tx.append((attempts, acked))
 
     def round_trip(self, mac: bytes, seconds: float) -> None:
         """A request sent through ``mac`` was answered after ``seconds``."""

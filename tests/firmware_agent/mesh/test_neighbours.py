@@ -119,3 +119,23 @@ def test_rows_are_json_able_and_complete() -> None:
     assert row["snr_db"] == 20.0 and row["noise_floor_dbm"] == -112
     assert row["etx"] == 128 and row["last_heard_s_ago"] == 30.0
     assert row["snr_class"] == "ok" and row["colour"] == "green"
+
+
+def test_etx_follows_a_link_that_goes_bad() -> None:
+    """A month of good frames does not hide a link that stops acking now."""
+    table = NeighbourTable()
+    nb = table.heard(A, -90, 200, 0, when=1.0)
+    for _ in range(1000):
+        table.transmitted(A, attempts=1, acked=True)
+    assert nb.etx == 128
+    table.transmitted(A, attempts=4, acked=False)
+    table.transmitted(A, attempts=4, acked=False)
+    assert nb.etx == round((6 + 8) / 6 * 128)  # the last 8: six good, two lost after 4 tries
+    for _ in range(8):
+        table.transmitted(A, attempts=4, acked=False)
+    assert nb.etx == ETX_MAX
+    table.transmitted(A, attempts=1, acked=True)
+    assert nb.etx == ETX_MAX  # 29 attempts for one ack in the window: still capped
+    for _ in range(7):
+        table.transmitted(A, attempts=1, acked=True)
+    assert nb.etx == 128  # recovered once the window holds only good frames
