@@ -241,7 +241,8 @@ def summarise(run: SimulationRun) -> dict[str, Any]:
     if stack is not None:
         by_mac = {m.node.eui64: m for m in run.meters}
         channel = run.scenario.radio.channel
-        for row, nb in zip(stack.neighbours.rows(now), stack.neighbours.all(), strict=True):
+        wall_now = stack.clock.now()  # neighbours keep wall-clock times, routes monotonic ones
+        for row, nb in zip(stack.neighbours.rows(wall_now), stack.neighbours.all(), strict=True):
             meter = by_mac.get(nb.mac)
             if meter is not None and run.medium.is_powered(meter.node):
                 row["snr_truth_db"] = round(
