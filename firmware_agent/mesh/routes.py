@@ -794,6 +794,15 @@ class RoutingTable:
             return cur, None
         self._current[node] = best.hops
         reason = f"cost {best.cost:.2f} beats {cur.cost:.2f} by more than {self.switch_margin:g}"
+        if (
+            cur.worst_snr_db is not None
+            and cur.worst_snr_db < self.snr_floor_db + self.penalty_span_db
+        ):
+            # The old path paid an SNR penalty: say how close to the floor it was.
+            reason += (
+                f" (old path's weakest link: SNR {cur.worst_snr_db:.1f} dB,"
+                f" floor {self.snr_floor_db:g} dB)"
+            )
         return best, self._record(now, node, cur_hops, best.hops, reason)
 
     def _weak_reason(self, hops: tuple[bytes, ...]) -> str:
