@@ -1,11 +1,16 @@
-"""Emulated meters placed on the RF medium: a model, a DLMS server and a radio node per meter."""
+"""Emulated meters placed on the RF medium: a model, a DLMS server and a node stack per meter.
+
+Two ways in: :func:`populate` puts the meters of a gateway-style meters file in a ring around
+the gateway (the ``hil rcp --meters`` world), :func:`place_scenario` puts a scenario's meters
+where the scenario says, with its radio settings (the ``hil simulate`` world). Either way every
+meter's randomness is drawn from the generator given, so a seed replays the same world.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +20,8 @@ from firmware_agent.clock import Clock
 from hil.medium import Medium
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
-from hil.meter_node import MeterNode, Scheduler
-from hil.scenario import Scenario
+from hil.meter_node import MeterNode, NodeConfig, Scheduler
+from hil.scenario import PowerEvent, Scenario
 
 
 @dataclass(frozen=True)
@@ -40,23 +45,41 @@ def read_mesh_meters(path: Path) -> list[tuple[str, bytes]]:
 
 
 def asyncio_scheduler() -> Scheduler:
-    """The running asyncio loop as a meter's scheduler."""
-    loop = asyncio.get_running_loop()
-
-    def schedule(delay: float, fn: Callable[[], object]) -> object:
-        return loop.call_later(delay, fn)
-
-    return schedule
+    """The running asyncio loop as the meters' scheduler (their timers run on it)."""
+    return asyncio.get_running_loop()
 
 
 def medium_scheduler(medium: Medium) -> Scheduler:
-    """The medium's own clock as a meter's scheduler: meters then live in the same (possibly
-    virtual) time as the frames they send."""
+    """The medium's own scheduler: meters then live in the same (possibly virtual) time as
+    the frames they send. It must be an event loop (not the medium's instant default)."""
+    return medium.scheduler
 
-    def schedule(delay: float, fn: Callable[[], object]) -> object:
-        return medium.call_later(delay, fn)
 
-    return schedule
+def _meter(
+    medium: Medium,
+    meter_id: str,
+    eui64: bytes,
+    clock: Clock,
+    rng: random.Random,
+    scheduler: Scheduler | None,
+    channel: int,
+    profile_period_s: float,
+    config: NodeConfig | None,
+) -> tuple[MeterNode, MeterServer]:
+    model = MeterModel(
+        meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
+    )
+    server = MeterServer(model, clock)
+    node = MeterNode(
+        eui64,
+        medium,
+        server.handle,
+        scheduler,
+        channel=channel,
+        config=config,
+        rng=random.Random(rng.getrandbits(64)),
+    )
+    return node, server
 
 
 def populate(
@@ -69,23 +92,14 @@ def populate(
     channel: int = 0,
     profile_period_s: float = 900.0,
     radius_m: tuple[float, float] = (30.0, 150.0),
+    config: NodeConfig | None = None,
 ) -> list[EmulatedMeter]:
     """Attach one emulated meter per entry, in a ring around the gateway at the origin.
-    Meters schedule on ``schedule``, or on the medium's clock if None."""
-    schedule = schedule or medium_scheduler(medium)
+    Their timers run on ``schedule`` (an event loop), or on the medium's scheduler if None."""
     placed = []
     for meter_id, eui64 in meters:
-        model = MeterModel(
-            meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
-        )
-        server = MeterServer(model, clock)
-        node = MeterNode(
-            eui64,
-            medium,
-            server.handle,
-            schedule,
-            channel=channel,
-            rng=random.Random(rng.getrandbits(64)),
+        node, server = _meter(
+            medium, meter_id, eui64, clock, rng, schedule, channel, profile_period_s, config
         )
         distance, angle = rng.uniform(*radius_m), rng.uniform(0, 2 * math.pi)
         position = (distance * math.cos(angle), distance * math.sin(angle))
@@ -94,32 +108,59 @@ def populate(
     return placed
 
 
+def scenario_medium(scenario: Scenario, scheduler: Scheduler) -> Medium:
+    """A medium with the scenario's propagation settings and seed, on ``scheduler``."""
+    return Medium(
+        random.Random(scenario.seed),
+        scheduler=scheduler,
+        path_loss_exponent=scenario.radio.path_loss_exponent,
+        shadowing_sigma_db=scenario.radio.shadowing_sigma_db,
+    )
+
+
 def place_scenario(
     medium: Medium,
     scenario: Scenario,
     clock: Clock,
-    rng: random.Random,
+    rng: random.Random | None = None,
+    scheduler: Scheduler | None = None,
     *,
     profile_period_s: float = 900.0,
+    config: NodeConfig | None = None,
 ) -> list[EmulatedMeter]:
-    """Attach the scenario's meters where it places them, with its radio settings; they
-    schedule on the medium's clock (the simulator's virtual time)."""
-    schedule = medium_scheduler(medium)
+    """Attach the scenario's meters where it places them, on its channel at its TX power.
+    Randomness comes from ``rng`` (default: seeded from the scenario); timers run on
+    ``scheduler`` (default: the medium's, which must then be an event loop). Power events are
+    not applied here: see :func:`schedule_power_events`."""
+    rng = rng if rng is not None else random.Random(f"meters:{scenario.seed}")
     radio = scenario.radio
     placed = []
     for spec in scenario.nodes:
-        model = MeterModel(
-            spec.meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
-        )
-        server = MeterServer(model, clock)
-        node = MeterNode(
-            spec.eui64,
+        node, server = _meter(
             medium,
-            server.handle,
-            schedule,
-            channel=radio.channel,
-            rng=random.Random(rng.getrandbits(64)),
+            spec.meter_id,
+            spec.eui64,
+            clock,
+            rng,
+            scheduler,
+            radio.channel,
+            profile_period_s,
+            config,
         )
         medium.attach(node, spec.position, tx_power_dbm=radio.tx_power_dbm, channel=radio.channel)
         placed.append(EmulatedMeter(spec.meter_id, node, server, spec.position))
     return placed
+
+
+def schedule_power_events(
+    meters: list[EmulatedMeter], scenario: Scenario, start: float
+) -> list[PowerEvent]:
+    """Schedule the scenario's power_off/power_on events on the meters' nodes, ``start`` being
+    the scenario's time 0 on the nodes' scheduler. Returns the events scheduled."""
+    by_id = {m.meter_id: m for m in meters}
+    scheduled = []
+    for event in scenario.events:
+        if isinstance(event, PowerEvent) and event.meter_id in by_id:
+            by_id[event.meter_id].node.set_power(event.on, at=start + event.at_s)
+            scheduled.append(event)
+    return scheduled
