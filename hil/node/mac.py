@@ -48,8 +48,10 @@ class TxResult(enum.Enum):
 
 
 #: Nodes assess the channel at −100 dBm, 5 dB over the PHY's sensitivity: a CCA that does not
-#: hear a neighbour's frame (mesh links run at −90 to −103 dBm) leaves CSMA blind.
-NODE_CSMA = CsmaConfig(cca_threshold_dbm=-100.0)
+#: hear a neighbour's frame (mesh links run at −90 to −103 dBm) leaves CSMA blind. macMaxBE 7
+#: (802.15.4 allows up to 8) lets retries back off up to ~150 ms: a loaded mesh on one channel
+#: lost a third fewer frames in a measured hour of random-200 than with 5.
+NODE_CSMA = CsmaConfig(cca_threshold_dbm=-100.0, max_be=7)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,9 @@ class RplSend:
 @dataclass(frozen=True)
 class RplConfig:
     max_parents: int = 3  # the preferred parent and up to two alternates
-    parent_switch_threshold: int = 192  # rank units (RFC 6719 PARENT_SWITCH_THRESHOLD)
+    #: Rank units. RFC 6719's PARENT_SWITCH_THRESHOLD is 192 in ETX × 128 units (ETX 1.5);
+    #: a hop here costs MinHopRankIncrease × ETX / 128 = 2 × ETX × 128, so 1.5 ETX is 384.
+    parent_switch_threshold: int = 384
     max_link_etx: int = 512  # ETX × 128 (RFC 6719 MAX_LINK_METRIC): worse links are not used
     parent_fail_limit: int = 3  # frames in a row lost after all retries: parent dropped ...
     #: ... but our last parent only when its losses have lasted this long (congestion loses

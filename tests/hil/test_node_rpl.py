@@ -169,17 +169,17 @@ def test_alternates_rank_below_us_and_children_are_never_parents() -> None:
 
 def test_hysteresis_keeps_the_preferred_parent_unless_another_is_much_cheaper() -> None:
     w = World()
-    w.dio(A, 512, now=1.0)  # 768
-    w.dio(B, 400, now=2.0)  # 656: cheaper by 112 < 192
-    assert w.node.parents == [A, B] and w.node.rank == 768
-    w.dio(B, 300, now=3.0)  # 556: cheaper by 212 > 192
-    assert w.node.parents[0] == B and w.node.rank == 556
+    w.dio(A, 512, now=1.0, rsl=-99)  # ETX 2.2: 512 + 564 = 1076
+    w.dio(B, 600, now=2.0)  # 856: cheaper by 220 < 384 (ETX 1.5, RFC 6719's threshold)
+    assert w.node.parents == [A, B] and w.node.rank == 1076
+    w.dio(B, 400, now=3.0)  # 656: cheaper by 420
+    assert w.node.parents[0] == B and w.node.rank == 656
     assert w.node.stats.parent_changes == 1
     change = w.node.changes[-1]
-    assert (change.old, change.new, change.rank) == (A, B, 556)
+    assert (change.old, change.new, change.rank) == (A, B, 656)
     for t in range(4, 40):  # the same DIOs again and again: nothing moves
-        w.dio(A, 512, now=float(t))
-        w.dio(B, 300, now=t + 0.5)
+        w.dio(A, 512, now=float(t), rsl=-99)
+        w.dio(B, 400, now=t + 0.5)
     assert w.node.stats.parent_changes == 1 and w.node.parents[0] == B
 
 
