@@ -1,8 +1,11 @@
 """The emulated meter's COSEM object directory: which objects exist and how each attribute reads.
 
 Each object answers ``get(attribute, selection, now)`` with the A-XDR bytes of the value, or raises
-``AccessError`` carrying the Data-Access-Result. The DLMS server stays a pure protocol machine and
-later object kinds (image transfer, push setup, schedules) slot in as more classes here.
+``AccessError`` carrying the Data-Access-Result. ``set(attribute, value, now)`` and
+``action(method, params, now)`` are the write and method seams (SET-/ACTION-Request-Normal): by
+default an object refuses both, as a meter refuses what an interface class does not define. The DLMS
+server stays a pure protocol machine and later object kinds (image transfer, push setup, schedules)
+slot in as more classes here.
 """
 
 from __future__ import annotations
@@ -42,8 +45,15 @@ DATA_BLOCK_NUMBER_INVALID = 19
 OTHER_REASON = 250
 
 
+# Action-Result (IEC 62056-5-3) uses the same numbers for the codes the emulator returns.
+ACTION_SUCCESS = SUCCESS
+LONG_ACTION_ABORTED = 15
+NO_LONG_ACTION_IN_PROGRESS = 16
+
+
 class AccessError(Exception):
-    """A read that the meter answers with a Data-Access-Result instead of data."""
+    """A read, write or method call that the meter answers with a Data-Access-Result (or, for
+    ACTION, an Action-Result: the codes share their numbers) instead of data."""
 
     def __init__(self, result: int, detail: str) -> None:
         self.result = result
@@ -79,6 +89,18 @@ class CosemObject:
 
     def selective(self, attribute: int) -> bool:
         return False
+
+    def set(self, attribute: int, value: axdr.Value, now: float) -> None:
+        """Write one attribute (SET-Request-Normal). The base refuses: attributes are read-only
+        unless an interface class says otherwise, and logical_name never changes."""
+        what = f"IC {self.class_id} {self.logical_name} attribute {attribute} is read-only"
+        raise AccessError(READ_WRITE_DENIED, what)
+
+    def action(self, method: int, params: axdr.Value | None, now: float) -> bytes | None:
+        """Invoke one method (ACTION-Request-Normal); returns A-XDR return data or None.
+        The base has no methods, so every call is refused with object-unavailable."""
+        what = f"IC {self.class_id} {self.logical_name} has no method {method}"
+        raise AccessError(OBJECT_UNAVAILABLE, what)
 
     def read(self, attribute: int, selection: Selection | None, now: float) -> bytes:
         what = f"IC {self.class_id} {self.logical_name} has no attribute {attribute}"
@@ -159,6 +181,53 @@ class DataObject(CosemObject):
         if attribute == 2:
             return self.value
         return super().read(attribute, selection, now)
+
+
+class CounterObject(CosemObject):
+    """IC 1 whose value (attr 2, double-long-unsigned) is read live from a callback: the
+    invocation counter 0.0.43.1.0.255 (the highest client counter the meter has accepted), so the
+    gateway can resynchronise after a meter-side reset without a separate management channel."""
+
+    class_id = obis.IC_DATA
+
+    def __init__(self, logical_name: str, value: Callable[[], int]) -> None:
+        super().__init__(logical_name)
+        self._value = value
+
+    def read(self, attribute: int, selection: Selection | None, now: float) -> bytes:
+        if attribute == 2:
+            return axdr.u32(self._value() & 0xFFFFFFFF)
+        return super().read(attribute, selection, now)
+
+
+class AssociationLnObject(CosemObject):
+    """IC 15 "current association" 0.0.40.0.0.255. The attributes a client reads to see how it
+    is associated come from the server (per client, so through a callback); method 1
+    (reply_to_HLS_authentication) is served by the DLMS server itself, because it is a step of
+    the association state machine rather than of the object model."""
+
+    class_id = 15
+
+    def __init__(
+        self, logical_name: str, status: Callable[[], tuple[bytes, bytes | None, int]]
+    ) -> None:
+        super().__init__(logical_name)
+        self._status = status
+
+    def read(self, attribute: int, selection: Selection | None, now: float) -> bytes:
+        context, mechanism, state = self._status()
+        if attribute == 4:
+            return _oid(context)
+        if attribute == 6:
+            return axdr.null() if mechanism is None else _oid(mechanism)
+        if attribute == 8:
+            return axdr.enum(state)
+        return super().read(attribute, selection, now)
+
+
+def _oid(ber: bytes) -> bytes:
+    """An object identifier attribute as its BER content octets (gurux reads it as octets)."""
+    return axdr.octets(ber)
 
 
 @dataclass(frozen=True)
