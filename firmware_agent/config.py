@@ -246,12 +246,79 @@ def topic_prefix(value: Any, _: Mapping[str, Any]) -> None:
         )
 
 
+SECURITY_LEVELS = ("none", "suite0")
+_HEX16_RE = re.compile(r"[0-9A-Fa-f]{16}")
+_OBIS_RE = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){5}"
+)
+_HHMM_RE = re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]")
+
+
 def security_level(value: Any, _: Mapping[str, Any]) -> None:
-    if value != "none":
+    """``none`` (lowest security, public client) or ``suite0`` (HLS-GMAC, AES-GCM-128)."""
+    if value not in SECURITY_LEVELS:
         raise InvalidValue(
-            f"security level {value!r} is not supported yet: only 'none' is for now; HLS "
-            "(AES-GCM suite 0 with per-meter keys) comes with a later issue"
+            f"security level {value!r} is not supported: use 'none' (lowest security) or "
+            "'suite0' (HLS, AES-GCM-128 with per-meter keys from security.keys_file)"
         )
+
+
+def system_title(value: Any, _: Mapping[str, Any]) -> None:
+    """A DLMS system title: 8 bytes, written as 16 hex digits."""
+    if not _HEX16_RE.fullmatch(value):
+        raise InvalidValue(
+            f"a system title is 8 bytes written as 16 hex digits (e.g. 4757580000000001), "
+            f"got {value!r} ({len(value)} characters)"
+        )
+
+
+def obis_codes(value: Any, _: Mapping[str, Any]) -> None:
+    """Each item an OBIS logical name in dotted form, six groups 0..255."""
+    for index, code in enumerate(value):
+        if not _OBIS_RE.fullmatch(code):
+            raise InvalidValue(
+                f"{code!r} is not an OBIS code like 1.0.1.8.0.255 (six groups 0..255)",
+                at=(index,),
+            )
+
+
+def time_of_day(value: Any, _: Mapping[str, Any]) -> None:
+    if not _HHMM_RE.fullmatch(value):
+        raise InvalidValue(f"must be a time of day HH:MM (00:00 to 23:59, UTC), got {value!r}")
+
+
+def bind_address(value: Any, _: Mapping[str, Any]) -> None:
+    """An IP address to listen on (``::`` or ``0.0.0.0`` for every interface)."""
+    if value is None:
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidValue(
+            f"must be an IP address to listen on (e.g. '::' or 127.0.0.1), got {value!r}"
+        ) from None
+
+
+def not_smaller_than(other: str) -> Check:
+    def check(value: Any, record: Mapping[str, Any]) -> None:
+        if value < record[other]:
+            raise InvalidValue(f"must be at least {other} ({record[other]}), got {value}")
+
+    return check
+
+
+def suite0_needs_keys(value: Any, record: Mapping[str, Any]) -> None:
+    """A suite 0 meter needs the top-level ``security`` section (keys, counters, title)."""
+    if record.get("security") is not None:
+        return
+    for index, meter in enumerate(value):
+        if meter.security.level == "suite0":
+            raise InvalidValue(
+                f"meter {meter.id!r} uses security level 'suite0' but the config has no "
+                "top-level 'security' section naming keys_file, counters_file and "
+                "client_system_title",
+                at=(index, "security", "level"),
+            )
 
 
 def smaller_than(other: str) -> Check:
@@ -393,6 +460,35 @@ class CollectorConfig:
     profile_rows: int = field(default=4, metadata=rules(positive))
     timeout_s: float = field(default=5.0, metadata=rules(positive))
     retries: int = field(default=2, metadata=rules(non_negative))
+    # Daily register read (energy registers and the clock with its drift check), HH:MM UTC.
+    daily_read_at: str = field(default="00:05", metadata=rules(time_of_day))
+    daily_registers: tuple[str, ...] = field(default=("1.0.1.8.0.255",), metadata=rules(obis_codes))
+    # After an outage, read at most this many missed profile intervals per meter and read.
+    catch_up_max_intervals: int = field(default=96, metadata=rules(in_range(1, 100_000)))
+    # A failed read is retried within its interval after base x 2^n seconds (+ jitter), <= cap.
+    retry_backoff_base_s: float = field(default=30.0, metadata=rules(positive))
+    retry_backoff_cap_s: float = field(
+        default=300.0, metadata=rules(positive, not_smaller_than("retry_backoff_base_s"))
+    )
+    # Reads in progress at once across all meters, so a round never floods the mesh.
+    max_concurrent_reads: int = field(default=8, metadata=rules(in_range(1, 10_000)))
+    # Meter clock off by more than this (either way) gives a clock-drift alarm record.
+    clock_drift_alarm_s: float = field(default=30.0, metadata=rules(positive))
+    # UDP listener for pushes (DataNotification) from IP meters; none: no listener.
+    push_bind: str | None = field(default=None, metadata=rules(bind_address))
+    push_port: int = field(default=4059, metadata=rules(in_range(1, 65535)))
+    # SQLite file of the collector's own state (quarantine, newest capture time per meter);
+    # none: collector.sqlite next to the spool file.
+    state_file: Path | None = field(default=None, metadata=rules(output_file))
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """DLMS suite 0: where per-meter keys and invocation counters live, and our system title."""
+
+    keys_file: Path = field(metadata=rules(readable_file, private_file))
+    counters_file: Path = field(metadata=rules(output_file))
+    client_system_title: str = field(metadata=rules(system_title))
 
 
 def ula_prefix(value: Any, _: Mapping[str, Any]) -> None:
@@ -435,9 +531,12 @@ class Config:
     radio: RadioConfig
     uplink: UplinkConfig
     spool: SpoolConfig
-    meters: tuple[MeterConfig, ...] = field(metadata=rules(unique("id", "meter id"), include=True))
+    meters: tuple[MeterConfig, ...] = field(
+        metadata=rules(unique("id", "meter id"), suite0_needs_keys, include=True)
+    )
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    security: SecurityConfig | None = None
     source: Path | None = field(default=None, metadata=rules(from_yaml=False))
 
 

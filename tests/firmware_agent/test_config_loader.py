@@ -186,8 +186,8 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     error = reject(tmp_path, "- gateway\n- radio\n")
     assert str(error) == (
-        "line 1: expected a mapping (with gateway, radio, uplink, spool, meters, collector, mesh), "
-        "got a list"
+        "line 1: expected a mapping (with gateway, radio, uplink, spool, meters, collector, mesh, "
+        "security), got a list"
     )
 
 
@@ -489,12 +489,12 @@ def test_meter_port_range(tmp_path: Path) -> None:
     assert str(error) == "meters[1].port (line 21): must be between 1 and 65535, got 70000"
 
 
-def test_meter_security_hls_comes_later(tmp_path: Path) -> None:
+def test_meter_security_level_must_be_none_or_suite0(tmp_path: Path) -> None:
     text = BASE + "    security: {level: hls}\n"
     error = reject(tmp_path, text)
     assert error.path == "meters[1].security.level" and error.line == line_of(text, "security")
-    assert "security level 'hls' is not supported yet: only 'none' is for now" in error.message
-    assert "HLS" in error.message and "later issue" in error.message
+    assert "security level 'hls' is not supported: use 'none'" in error.message
+    assert "'suite0'" in error.message
 
 
 def test_unknown_key_in_a_meter(tmp_path: Path) -> None:
