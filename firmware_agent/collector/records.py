@@ -160,3 +160,60 @@ def reading_from_register(
         values=values,
         **_fields(values, {column.obis: column.unit}),
     )
+
+
+def reading_from_values(
+    device_id: str,
+    source: str,
+    cells: Sequence[tuple[Column, object]],
+    time: float | datetime,
+    arrival: float | datetime,
+) -> Reading:
+    """Several registers read at one moment (instantaneous values) as one record."""
+    values: dict[str, float] = {}
+    units: dict[str, int] = {}
+    for column, raw in cells:
+        values[column.obis] = scale(raw, column.scaler)
+        units[column.obis] = column.unit
+    return Reading(
+        device_id=device_id,
+        time=iso_utc(time),
+        arrival_time=iso_utc(arrival),
+        source=source,
+        values=values,
+        **_fields(values, units),
+    )
+
+
+ALARM_MAC_FAIL = "mac-fail"
+ALARM_CLOCK_DRIFT = "clock-drift"
+ALARM_MALFORMED = "malformed-payload"
+
+
+@dataclass(frozen=True)
+class Alarm:
+    """An alarm the gateway raises itself about a meter (MAC Fail, clock drift, garbage): the
+    same record shape as a pushed alarm, so the head end handles both alike."""
+
+    device_id: str
+    event: str
+    time: str
+    arrival_time: str
+    description: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def natural_key(self) -> str:
+        return f"{self.device_id}|alarm:{self.event}|{self.time}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "alarm",
+            "event": self.event,
+            "device_id": self.device_id,
+            "time": self.time,
+            "arrival_time": self.arrival_time,
+            "code": None,
+            "description": self.description,
+            "values": dict(self.values),
+        }
