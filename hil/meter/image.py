@@ -32,6 +32,7 @@ from firmware_agent.collector import obis
 
 from . import axdr
 from .objects import (
+    OBJECT_UNAVAILABLE,
     OTHER_REASON,
     READ_WRITE_DENIED,
     TEMPORARY_FAILURE,
@@ -45,9 +46,6 @@ from .objects import (
 IC_IMAGE_TRANSFER = 18
 ACTIVE_FIRMWARE_ID = "1.0.0.2.0.255"
 DIGEST_LEN = 32
-# Action-Result codes beyond the Data-Access-Result ones objects.py names.
-OBJECT_UNAVAILABLE = 11
-SCOPE_OF_ACCESS_VIOLATED = 13
 
 
 class TransferStatus(IntEnum):
