@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import random
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gurux_dlms import (
+    GXByteBuffer,
     GXDateTime,
     GXDLMSClient,
     GXDLMSConfirmedServiceError,
@@ -28,7 +31,19 @@ from gurux_dlms.enums import Authentication, InterfaceType
 from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
 
 from . import obis as obis_codes
-from .wrapper import WrapperError, parse_frame
+from .ciphering import (
+    GLO_TAGS,
+    SC_AUTHENTICATED_ENCRYPTION,
+    AuthenticationFailed,
+    CipheringError,
+    is_ciphered,
+    protect,
+    unprotect,
+)
+from .wrapper import WrapperError, build_frame, parse_frame
+
+if TYPE_CHECKING:
+    from .keys import MeterKeys
 
 T = TypeVar("T")
 
@@ -134,6 +149,41 @@ class SessionStateError(DlmsError):
     """The caller used the session out of order (e.g. rows before capture objects)."""
 
 
+class MacFailure(DlmsError):
+    """Suite 0 says the frame is not authentic: its tag does not verify, the HLS proof is wrong,
+    or the meter could not decipher ours. Reported as "MAC Fail" (often a desynchronised
+    counter or wrong keys)."""
+
+    def __init__(self, meter: str, detail: str) -> None:
+        self.meter = meter
+        self.detail = detail
+        super().__init__(f"MAC Fail (meter {meter}): {detail}")
+
+
+class CounterDesync(MacFailure):
+    """The meter refused our invocation counter (exception-response invocation-counter-error):
+    it expects a higher one, as after a meter-side reset. ``security reset`` recovers."""
+
+    def __init__(self, meter: str, expected: int | None) -> None:
+        self.expected = expected
+        wants = f", it expects at least {expected}" if expected is not None else ""
+        super().__init__(meter, f"meter refused our invocation counter{wants}")
+
+
+class ReplayedFrame(DlmsError):
+    """A verified frame whose invocation counter is not above the last one accepted from that
+    meter: a replayed or stale frame (or a meter that reset its own counter)."""
+
+    def __init__(self, meter: str, counter: int, last: int) -> None:
+        self.meter = meter
+        self.counter = counter
+        self.last = last
+        super().__init__(
+            f"replayed frame from meter {meter}: invocation counter {counter} is not above "
+            f"{last}, the last accepted"
+        )
+
+
 # ---------------------------------------------------------------------------------- exchange
 
 
@@ -181,6 +231,7 @@ class Exchange(Generic[T]):
             raise SessionStateError(f"{self.target}: exchange already complete")
         self.frames += 1
         self._session._check_frame(frame)
+        frame = self._session._incoming(frame)
         client = self._session.client
         reply = self._reply
         ok = _translate(lambda: client.getData(bytes(frame), reply, None), frame)
@@ -191,7 +242,7 @@ class Exchange(Generic[T]):
             raise DataAccessError(_name(DATA_ACCESS_RESULTS, code), code, self.target)
         if reply.isMoreData():
             nxt = _translate(lambda: client.receiverReady(reply), frame)
-            return bytes(nxt)
+            return self._session._outgoing(bytes(nxt))
         self._result = _translate(lambda: self._complete(reply), frame)
         self._done = True
         return None
@@ -245,11 +296,45 @@ def _to_datetime(value: object) -> datetime:
 # ---------------------------------------------------------------------------------- session
 
 
+class CounterBook(Protocol):
+    """Where a secured session takes its send counters and checks the meter's (counters.py)."""
+
+    def reserve(self, meter: str) -> int: ...
+
+    def accept(self, meter: str, ic: int) -> None: ...
+
+
+@dataclass
+class Suite0Security:
+    """What a session needs for security suite 0 with one meter: its keys (and system title),
+    the gateway's system title, the counter store, and randomness for the HLS challenge."""
+
+    meter_id: str
+    keys: MeterKeys
+    client_system_title: bytes
+    counters: CounterBook
+    rng: random.Random
+    security_control: int = SC_AUTHENTICATED_ENCRYPTION
+
+    def __post_init__(self) -> None:
+        if len(self.client_system_title) != 8:
+            raise ValueError(
+                f"client system title must be 8 bytes, got {len(self.client_system_title)}"
+            )
+
+
 class DlmsSession:
-    """One client association with one meter (public client, no security, LN referencing)."""
+    """One client association with one meter, LN referencing. Without ``security``: lowest
+    level (the public client). With ``Suite0Security``: HLS-GMAC association and every xDLMS
+    APDU glo-ciphered; gurux still builds and parses the plain APDUs inside."""
 
     def __init__(
-        self, client_address: int = 16, server_address: int = 1, *, max_receive_pdu: int = 0xFFFF
+        self,
+        client_address: int = 16,
+        server_address: int = 1,
+        *,
+        max_receive_pdu: int = 0xFFFF,
+        security: Suite0Security | None = None,
     ) -> None:
         self.client_address = client_address
         self.server_address = server_address
@@ -259,6 +344,54 @@ class DlmsSession:
         self.client.maxReceivePDUSize = max_receive_pdu
         self._profiles: dict[str, GXDLMSProfileGeneric] = {}
         self.associated = False
+        self.security = security
+        self._suite = security.keys.suite() if security is not None else None
+        self._ciphered = False  # APDUs are wrapped from the glo-initiate on
+
+    # ------------------------------------------------------------------ suite 0 layer
+
+    def _outgoing(self, frame: bytes) -> bytes:
+        """Cipher a plain request frame gurux built (no-op without security)."""
+        sec, suite = self.security, self._suite
+        if sec is None or suite is None or not self._ciphered:
+            return frame
+        header, apdu = parse_frame(frame)
+        if not apdu or apdu[0] not in GLO_TAGS:
+            return frame  # RLRQ and the like travel as they are
+        ic = sec.counters.reserve(sec.meter_id)
+        wrapped = protect(suite, apdu, sec.client_system_title, ic, sc=sec.security_control)
+        return build_frame(header.source, header.destination, wrapped)
+
+    def _incoming(self, frame: bytes) -> bytes:
+        """Decipher a reply frame (checking tag and counter) into the plain frame gurux reads."""
+        sec = self.security
+        if sec is None or not self._ciphered:
+            return frame
+        header, apdu = parse_frame(frame)
+        if apdu[:1] == b"\xd8":
+            _raise_security_exception(sec.meter_id, apdu)
+            return frame
+        if apdu[:1] in (b"\x61", b"\x63"):  # AARE / RLRE are not ciphered
+            return frame
+        plain = self._decipher(apdu, frame)
+        return build_frame(header.source, header.destination, plain)
+
+    def _decipher(self, apdu: bytes, frame: bytes) -> bytes:
+        sec, suite = self.security, self._suite
+        assert sec is not None and suite is not None
+        if not is_ciphered(apdu):
+            raise MacFailure(
+                sec.meter_id,
+                f"unprotected APDU 0x{apdu[:1].hex()} in a ciphered association",
+            )
+        try:
+            u = unprotect(suite, apdu, sec.keys.system_title)
+        except AuthenticationFailed as exc:
+            raise MacFailure(sec.meter_id, exc.detail) from None
+        except CipheringError as exc:
+            raise MalformedReply(f"{exc.reason}: {exc.detail}", frame) from None
+        sec.counters.accept(sec.meter_id, u.invocation_counter)
+        return u.apdu
 
     @property
     def negotiated_conformance(self) -> int:
@@ -281,18 +414,20 @@ class DlmsSession:
                 frame,
             )
 
-    @staticmethod
-    def _one(frames: Any, what: str) -> bytes:
+    def _one(self, frames: Any, what: str) -> bytes:
         if not frames:
             raise SessionStateError(f"{what}: gurux produced no request (not associated?)")
         if len(frames) != 1:
             raise SessionStateError(f"{what}: request split into {len(frames)} frames")
-        return bytes(frames[0])
+        return self._outgoing(bytes(frames[0]))
 
     # ------------------------------------------------------------------ association
 
     def associate(self) -> Exchange[None]:
-        """AARQ -> AARE. (WRAPPER has no SNRM/UA: gurux's snrmRequest() is None here.)"""
+        """AARQ -> AARE. (WRAPPER has no SNRM/UA: gurux's snrmRequest() is None here.)
+        With suite 0: AARQ (HIGH_GMAC) -> AARE -> reply_to_HLS_authentication -> its response."""
+        if self.security is not None:
+            return _HlsAssociation(self)
 
         def done(reply: GXReplyData) -> None:
             self.client.parseAareResponse(reply.data)
@@ -303,6 +438,7 @@ class DlmsSession:
     def release(self) -> Exchange[None]:
         def done(reply: GXReplyData) -> None:
             self.associated = False
+            self._ciphered = False
 
         return Exchange(self, self._one(self.client.releaseRequest(), "RLRQ"), "RLRQ", done)
 
@@ -356,8 +492,9 @@ class DlmsSession:
             self.client.updateValue(pg, 3, reply.value)
             self._profiles[obis] = pg
             return [
-                CaptureColumn(int(o.objectType), str(o.logicalName), int(c.attributeIndex),
-                              int(c.dataIndex))
+                CaptureColumn(
+                    int(o.objectType), str(o.logicalName), int(c.attributeIndex), int(c.dataIndex)
+                )
                 for o, c in pg.captureObjects
             ]
 
@@ -390,3 +527,186 @@ class DlmsSession:
             self.client.readRowsByRange(pg, start.astimezone(UTC), end.astimezone(UTC)), target
         )
         return Exchange(self, request, target, done)
+
+
+# ---------------------------------------------------------------------------------- suite 0
+
+_CONTEXT_LN_CIPHERED = bytes.fromhex("60857405080103")
+_CONTEXT_LN_PLAIN = bytes.fromhex("60857405080101")
+_MECHANISM_HIGH_GMAC = bytes.fromhex("60857405080205")
+_ASSOCIATION_LN = bytes([0, 0, 40, 0, 0, 255])
+_IC_ASSOCIATION_LN = 15
+_INVOKE = 0xC1  # invoke-id 1, confirmed, high priority (as gurux sends)
+_DIAG_AUTHENTICATION_REQUIRED = 14
+_SERVICE_DECIPHERING_ERROR = 5
+_SERVICE_INVOCATION_COUNTER_ERROR = 6
+
+
+def _ber_len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    return bytes([0x81, n]) if n < 0x100 else b"\x82" + n.to_bytes(2, "big")
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _ber_len(len(content)) + content
+
+
+def _ber_elements(buf: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """Tag -> content of the BER elements in ``buf[pos:end]`` (one level, 1-byte tags)."""
+    out: dict[int, bytes] = {}
+    while pos < end:
+        tag = buf[pos]
+        first = buf[pos + 1]
+        if first < 0x80:
+            n, start = first, pos + 2
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 2:
+                raise ValueError(f"BER length form 0x{first:02x} at offset {pos + 1}")
+            n, start = int.from_bytes(buf[pos + 2 : pos + 2 + count], "big"), pos + 2 + count
+        if start + n > end:
+            raise ValueError(f"BER element 0x{tag:02x} overruns its container")
+        out[tag] = buf[start : start + n]
+        pos = start + n
+    return out
+
+
+def _apdu_elements(apdu: bytes, tag: int) -> dict[int, bytes]:
+    if not apdu or apdu[0] != tag:
+        raise ValueError(f"APDU 0x{apdu[:1].hex()} where 0x{tag:02x} was expected")
+    inner = _ber_elements(apdu, 0, len(apdu))
+    body = inner[tag]
+    return _ber_elements(body, 0, len(body))
+
+
+def _octets(content: bytes, what: str) -> bytes:
+    if len(content) < 2 or content[0] != 0x04 or content[1] != len(content) - 2:
+        raise ValueError(f"{what} is not a short octet string")
+    return content[2:]
+
+
+def _raise_security_exception(meter: str, apdu: bytes) -> None:
+    """An exception-response about our ciphering becomes a typed security error."""
+    if len(apdu) >= 3 and apdu[2] == _SERVICE_INVOCATION_COUNTER_ERROR:
+        expected = struct.unpack_from(">I", apdu, 3)[0] if len(apdu) >= 7 else None
+        raise CounterDesync(meter, expected)
+    if len(apdu) >= 3 and apdu[2] == _SERVICE_DECIPHERING_ERROR:
+        raise MacFailure(meter, "meter could not decipher our request (deciphering-error)")
+
+
+class _HlsAssociation(Exchange[None]):
+    """AARQ with HIGH_GMAC and a glo-initiate-request -> AARE (authentication-required, StoC,
+    glo-initiate-response) -> ACTION reply_to_HLS_authentication(f(StoC)) -> f(CtoS)."""
+
+    def __init__(self, session: DlmsSession) -> None:
+        sec, suite = session.security, session._suite
+        assert sec is not None and suite is not None
+        self._sec = sec
+        self._suite = suite
+        plain = session._one(session.client.aarqRequest(), "AARQ")
+        initiate = _octets(_apdu_elements(parse_frame(plain)[1], 0x60)[0xBE], "user-information")
+        self._ctos = sec.rng.randbytes(16)
+        ic = sec.counters.reserve(sec.meter_id)
+        glo = protect(suite, initiate, sec.client_system_title, ic, sc=sec.security_control)
+        body = (
+            _tlv(0xA1, _tlv(0x06, _CONTEXT_LN_CIPHERED))
+            + _tlv(0xA6, _tlv(0x04, sec.client_system_title))
+            + _tlv(0x8A, b"\x07\x80")
+            + _tlv(0x8B, _MECHANISM_HIGH_GMAC)
+            + _tlv(0xAC, _tlv(0x80, self._ctos))
+            + _tlv(0xBE, _tlv(0x04, glo))
+        )
+        request = build_frame(session.client_address, session.server_address, _tlv(0x60, body))
+        super().__init__(session, request, "AARQ (HLS-GMAC)", lambda reply: None)
+        self._step = "aare"
+
+    def feed(self, frame: bytes) -> bytes | None:
+        if self._done:
+            raise SessionStateError(f"{self.target}: exchange already complete")
+        self.frames += 1
+        session = self._session
+        session._check_frame(frame)
+        try:
+            if self._step == "aare":
+                return self._aare(parse_frame(frame)[1], frame)
+            self._proof(parse_frame(session._incoming(frame))[1])
+            return None
+        except DlmsError:
+            raise
+        except (ValueError, IndexError, KeyError, struct.error) as exc:
+            raise MalformedReply(f"{self._step}: {type(exc).__name__}: {exc}", frame) from exc
+
+    def _aare(self, apdu: bytes, frame: bytes) -> bytes:
+        session, sec = self._session, self._sec
+        if apdu[:1] == b"\xd8":
+            _raise_security_exception(sec.meter_id, apdu)
+            raise ExceptionResponse(
+                _name(EXCEPTION_STATES, apdu[1]), _name(EXCEPTION_SERVICES, apdu[2])
+            )
+        el = _apdu_elements(apdu, 0x61)
+        result = el[0xA2][-1]
+        diag = el[0xA3][-1] if 0xA3 in el else 0
+        if result != 0:
+            raise AssociationRejected(
+                _name(ASSOCIATION_RESULTS, result), _name(ACSE_DIAGNOSTICS, diag)
+            )
+        if diag != _DIAG_AUTHENTICATION_REQUIRED:
+            raise AssociationRejected(
+                "accepted", f"{_name(ACSE_DIAGNOSTICS, diag)} where HLS needs authentication"
+            )
+        title = _octets(el[0xA4], "responding-AP-title")
+        if title != sec.keys.system_title:
+            raise MacFailure(
+                sec.meter_id,
+                f"meter answers as system title {title.hex()}, the key file says "
+                f"{sec.keys.system_title.hex()}",
+            )
+        stoc_tlv = el[0xAA]
+        if stoc_tlv[:1] != b"\x80" or stoc_tlv[1] != len(stoc_tlv) - 2:
+            raise ValueError("responding-authentication-value is not a charstring")
+        stoc = stoc_tlv[2:]
+        session._ciphered = True
+        initiate = session._decipher(_octets(el[0xBE], "user-information"), frame)
+        if initiate[:1] != b"\x08":
+            raise ValueError(f"glo-initiate-response carries 0x{initiate[:1].hex()}")
+        # gurux's plain client learns the negotiated conformance and PDU size from a plain AARE.
+        plain_aare = _tlv(
+            0x61,
+            _tlv(0xA1, _tlv(0x06, _CONTEXT_LN_PLAIN))
+            + bytes.fromhex("A203020100A305A103020100")
+            + _tlv(0xBE, _tlv(0x04, initiate)),
+        )
+        _translate(lambda: session.client.parseAareResponse(GXByteBuffer(plain_aare)), frame)
+        proof = self._suite.hls_response(
+            sec.client_system_title, sec.counters.reserve(sec.meter_id), stoc
+        )
+        action = (
+            bytes([0xC3, 0x01, _INVOKE])
+            + struct.pack(">H", _IC_ASSOCIATION_LN)
+            + _ASSOCIATION_LN
+            + bytes([0x01, 0x01, 0x09, len(proof)])
+            + proof
+        )
+        self._step = "proof"
+        return session._outgoing(
+            build_frame(session.client_address, session.server_address, action)
+        )
+
+    def _proof(self, apdu: bytes) -> None:
+        sec = self._sec
+        if len(apdu) < 4 or apdu[0] != 0xC7 or apdu[1] != 0x01:
+            raise ValueError(f"reply to HLS is APDU {apdu[:2].hex()}, not Action-Response-Normal")
+        if apdu[3] != 0:
+            result = _name(DATA_ACCESS_RESULTS, apdu[3])
+            raise MacFailure(sec.meter_id, f"meter refused our HLS proof (action-result {result})")
+        if apdu[4:7] != b"\x01\x00\x09":
+            raise ValueError("reply to HLS carries no octet-string f(CtoS)")
+        proof = apdu[8 : 8 + apdu[7]]
+        try:
+            self._suite.verify_hls(sec.keys.system_title, self._ctos, proof)
+        except AuthenticationFailed as exc:
+            raise MacFailure(sec.meter_id, f"meter's f(CtoS): {exc.detail}") from None
+        self._session.associated = True
+        self._done = True
+        self._result = None
