@@ -14,9 +14,7 @@ import logging
 import math
 import os
 import random
-import shutil
 import struct
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from drivers.pcap import (
 from drivers.transceiver import TxStatus
 from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames, ipv6, lowpan
+from hil import tshark
 from hil.medium import Medium
 from hil.rcp import PtyBoard, VirtualRcp, default_acker
 
@@ -44,7 +43,7 @@ GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
 PAN = 0xBEEF
 
-needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+needs_tshark = pytest.mark.skipif(not tshark.available(), reason="tshark not installed")
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -52,25 +51,6 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
         await asyncio.wait_for(test(), 30)
 
     asyncio.run(bounded())
-
-
-def tshark(pcap: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["tshark", "-r", str(pcap), *args], capture_output=True, text=True, check=True
-    )
-    assert "cut short" not in result.stderr and "damaged" not in result.stderr, result.stderr
-    return result.stdout
-
-
-def fields(pcap: Path, *names: str) -> list[list[str]]:
-    args = ["-T", "fields", "-E", "separator=|"]
-    for name in names:
-        args += ["-e", name]
-    return [line.split("|") for line in tshark(pcap, *args).splitlines()]
-
-
-def clean(pcap: Path) -> bool:
-    return tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
 
 
 def data_psdu(dst: bytes, *, seq: int = 1, ack_request: bool = True, src: bytes = GW) -> bytes:
@@ -143,7 +123,7 @@ def test_tap_capture_shows_every_tlv_in_tshark(tmp_path: Path) -> None:
     assert writer.write(1_700_000_000.75, data_psdu(METER, seq=8), FrameInfo(channel=33))
     assert writer.write(1_700_000_001.0, data_psdu(METER, seq=9))  # no metadata at all
     writer.close()
-    rows = fields(
+    rows = tshark.fields(
         pcap,
         "frame.time_epoch",
         "wpan-tap.rss",
@@ -159,7 +139,7 @@ def test_tap_capture_shows_every_tlv_in_tshark(tmp_path: Path) -> None:
         ["1700000000.750000000", "", "", "33", "9", "", "8", "1"],
         ["1700000001.000000000", "", "", "", "", "", "9", "1"],
     ]
-    assert clean(pcap)
+    assert tshark.problems(pcap) == ""
 
 
 @needs_tshark
@@ -172,8 +152,8 @@ def test_plain_capture_and_a_bad_fcs_is_visible(tmp_path: Path) -> None:
         good = data_psdu(METER)
         writer.write(1.0, good)
         writer.write(2.0, good[:-1] + bytes((good[-1] ^ 0xFF,)))
-    assert fields(pcap, "wpan.fcs_ok") == [["1"], ["0"]]
-    assert not clean(pcap)
+    assert tshark.fields(pcap, "wpan.fcs_ok") == [["1"], ["0"]]
+    assert tshark.problems(pcap) != ""
 
 
 def test_size_cap_stops_writing_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -274,7 +254,9 @@ def test_wrapper_captures_what_went_on_the_air(fmt: str, tmp_path: Path) -> None
             assert radio.stats.tx_not_on_air == 1
             assert (radio.stats.acks_written, radio.stats.rx_written) == (1, 1)
 
-            rows = fields(pcap, "frame.time_epoch", "wpan.frame_type", "wpan.seq_no", "wpan.fcs_ok")
+            rows = tshark.fields(
+                pcap, "frame.time_epoch", "wpan.frame_type", "wpan.seq_no", "wpan.fcs_ok"
+            )
             assert [r[1:] for r in rows] == [
                 ["0x0001", "1", "1"],  # data, with the FCS the radio put on it
                 ["0x0002", "1", "1"],  # its ack
@@ -283,9 +265,9 @@ def test_wrapper_captures_what_went_on_the_air(fmt: str, tmp_path: Path) -> None
                 ["0x0001", "4", "1"],  # the meter's frame
             ]
             assert [float(r[0]) - 1_800_000_000 for r in rows] == [0, 0, 1, 2, 3]
-            assert clean(pcap)
+            assert tshark.problems(pcap) == ""
             if fmt == "tap":
-                tlvs = fields(pcap, "wpan-tap.rss", "wpan-tap.lqi", "wpan-tap.ch_num")
+                tlvs = tshark.fields(pcap, "wpan-tap.rss", "wpan-tap.lqi", "wpan-tap.ch_num")
                 assert [t[2] for t in tlvs] == ["4"] * 5
                 assert [t[:2] for t in tlvs[:4]] == [["", ""]] * 4
                 assert tlvs[4][:2] == [str(rx.rssi_dbm), str(rx.lqi)]

@@ -5,12 +5,11 @@ without flapping, and a medium-wide capture that tshark decodes cleanly."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from hil import tshark
 from hil.scenario import FadeEvent, load_scenario
 from hil.simulate import simulate
 
@@ -76,28 +75,14 @@ def test_snr_hovering_at_the_floor_does_not_flap_the_route() -> None:
     assert summary["reads"]["meters_never_read"] == 0
 
 
-@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+@pytest.mark.skipif(not tshark.available(), reason="tshark not installed")
 def test_multi_hop_capture_decodes_cleanly_in_tshark(tmp_path: Path) -> None:
     pcap = tmp_path / "line.pcap"
     simulate(load_scenario("line-10"), 1800.0, pcap=pcap)
-    base = [
-        "tshark", "-r", str(pcap),
-        "-o", "udp.check_checksum:TRUE",
-        "-o", "ipv6.perform_strict_rpl_srh_rfc_checking:TRUE",
-        "-o", "wpan.802154_fcs_ok:TRUE",
-        "-d", "udp.port==4059,data",
-    ]  # fmt: skip
-    bad = subprocess.run(
-        [*base, "-Y", "_ws.malformed || _ws.expert.severity >= warning || wpan.fcs_ok == 0"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert bad.stdout == ""
-    fields = subprocess.run(
-        [*base, "-T", "fields", "-e", "frame.protocols", "-e", "icmpv6.code",
-         "-e", "udp.checksum.status", "-e", "icmpv6.checksum.status"],
-        capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    rows = [line.split("\t") for line in fields]
+    assert tshark.problems(pcap) == ""
+    rows = tshark.fields(
+        pcap, "frame.protocols", "icmpv6.code", "udp.checksum.status", "icmpv6.checksum.status"
+    )
     protocols = {r[0] for r in rows}
     codes = {r[1] for r in rows}
     assert {"1", "2", "3"} <= codes  # DIO, DAO, DAO-ACK

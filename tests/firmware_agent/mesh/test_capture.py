@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,9 @@ from firmware_agent.clock import SystemClock
 from firmware_agent.collector.reader import read_meter
 from firmware_agent.config import MeterConfig
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
+from hil import tshark
 
-pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+pytestmark = pytest.mark.skipif(not tshark.available(), reason="tshark not installed")
 
 CHANNEL = 0
 
@@ -50,24 +49,6 @@ async def _read_with_capture(
     return len(result.readings), radio
 
 
-def _tshark(pcap: Path, *args: str) -> str:
-    result = subprocess.run(
-        ["tshark", "-r", str(pcap), "-o", "udp.check_checksum:TRUE", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "cut short" not in result.stderr and "appears to be damaged" not in result.stderr
-    return result.stdout
-
-
-def _fields(pcap: Path, *fields: str) -> list[list[str]]:
-    args = ["-T", "fields", "-E", "separator=|"]
-    for f in fields:
-        args += ["-e", f]
-    return [line.split("|") for line in _tshark(pcap, *args).splitlines()]
-
-
 def _meter(meters: list[dict[str, Any]]) -> MeterConfig:
     return MeterConfig(**{k: meters[0][k] for k in ("id", "transport", "address")})
 
@@ -84,7 +65,7 @@ def test_meter_read_capture_decodes_without_errors(
     assert stats.tx_written > 0 and stats.acks_written > 0 and stats.rx_written > 0
     assert sink.records == stats.tx_written + stats.acks_written + stats.rx_written
 
-    stacks = _tshark(pcap, "-T", "fields", "-e", "frame.protocols").split()
+    stacks = tshark.run(pcap, "-T", "fields", "-e", "frame.protocols").split()
     assert len(stacks) == sink.records
     # Under TAP the 802.15.4 layer is dissected inside wpan-tap (tshark lists no "wpan" then).
     link = "wpan-tap" if fmt == "tap" else "wpan"
@@ -93,18 +74,18 @@ def test_meter_read_capture_decodes_without_errors(
     assert len(acks) == stats.acks_written
     assert data_frames
     assert all(s == f"{link}:6lowpan:ipv6:udp:data" for s in data_frames), set(data_frames)
-    frame_types = _tshark(pcap, "-T", "fields", "-e", "wpan.frame_type").split()
+    frame_types = tshark.run(pcap, "-T", "fields", "-e", "wpan.frame_type").split()
     assert frame_types.count("0x0002") == stats.acks_written  # Ack
     assert frame_types.count("0x0001") == len(data_frames)  # Data
     # No malformed packets, no bad FCS, no bad UDP checksum, no expert warning anywhere.
-    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
-    fcs_ok = _tshark(pcap, "-T", "fields", "-e", "wpan.fcs_ok").split()
+    assert tshark.problems(pcap) == ""
+    fcs_ok = tshark.run(pcap, "-T", "fields", "-e", "wpan.fcs_ok").split()
     assert len(fcs_ok) == len(stacks) and set(fcs_ok) in ({"1"}, {"True"})
-    udp = _tshark(pcap, "-T", "fields", "-e", "udp.checksum.status").split()
+    udp = tshark.run(pcap, "-T", "fields", "-e", "udp.checksum.status").split()
     assert udp and set(udp) == {"1"}  # Wireshark checksum status: 0 bad, 1 good, 2 unverified
 
     if fmt == "tap":
-        rows = _fields(
+        rows = tshark.fields(
             pcap,
             "wpan.src64",
             "wpan-tap.rss",
@@ -140,5 +121,5 @@ def test_size_capped_capture_stops_cleanly(
     logged = [r.getMessage() for r in caplog.records if r.name == "drivers.pcap"]
     assert len(logged) == 1, logged  # once, not once per dropped frame
     assert "size cap of 600 bytes" in logged[0]
-    assert len(_tshark(pcap, "-T", "fields", "-e", "frame.number").split()) == sink.records
-    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
+    assert len(tshark.run(pcap, "-T", "fields", "-e", "frame.number").split()) == sink.records
+    assert tshark.problems(pcap) == ""

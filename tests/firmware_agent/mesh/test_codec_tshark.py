@@ -3,14 +3,12 @@ layer by layer (wpan → 6lowpan → ipv6 → icmpv6 RPL / udp) with good FCS an
 malformed packets and no expert warnings, and Wireshark's 6LoWPAN reassembly must rebuild the
 fragmented datagram from our fragments (which checks the uncompressed-offset arithmetic).
 
-Same tshark invocation as test_capture.py (checksum validation on, stderr checked for damage),
-plus strict RFC 6554 checking of source routing headers.
+tshark runs through hil.tshark (checksum validation, strict RFC 6554 source-route checks,
+stderr read for damage), like every capture test.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +17,9 @@ import pytest
 from drivers.pcap import PcapWriter
 from firmware_agent.mesh import frames, ipv6, rpl
 from firmware_agent.mesh.adaptation import LowpanAdaptation, rpl_packet, udp_packet
+from hil import tshark
 
-pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
+pytestmark = pytest.mark.skipif(not tshark.available(), reason="tshark not installed")
 
 PREFIX = bytes.fromhex("fd00007a00010000")  # fd00:7a:1::/64
 GW = bytes.fromhex("02124b0000000001")
@@ -32,38 +31,6 @@ PSDU_MAX = 127
 
 def g(mac: bytes) -> bytes:
     return ipv6.address_in_prefix(PREFIX, mac)
-
-
-def _tshark(pcap: Path, *args: str) -> str:
-    result = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(pcap),
-            "-o",
-            "udp.check_checksum:TRUE",
-            "-o",
-            "ipv6.perform_strict_rpl_srh_rfc_checking:TRUE",
-            "-o",
-            "wpan.802154_fcs_ok:TRUE",
-            # Wireshark has no DLMS dissector; without this its STUN heuristic claims port 4059.
-            "-d",
-            "udp.port==4059,data",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "cut short" not in result.stderr and "appears to be damaged" not in result.stderr
-    return result.stdout
-
-
-def _fields(pcap: Path, *fields: str) -> list[list[str]]:
-    args = ["-T", "fields", "-E", "separator=|"]
-    for f in fields:
-        args += ["-e", f]
-    return [line.split("|") for line in _tshark(pcap, *args).splitlines()]
 
 
 class _Capture:
@@ -205,7 +172,7 @@ def decoded(tmp_path_factory: pytest.TempPathFactory) -> Decoded:
     cap = _scenario()
     pcap = tmp_path_factory.mktemp("codec") / "mesh.pcap"
     cap.write(pcap)
-    rows = [dict(zip(FIELDS, r, strict=True)) for r in _fields(pcap, *FIELDS)]
+    rows = [dict(zip(FIELDS, r, strict=True)) for r in tshark.fields(pcap, *FIELDS)]
     assert len(rows) == len(cap.kinds)
     return Decoded(cap, pcap, rows)
 
@@ -234,7 +201,7 @@ def test_every_message_kind_decodes_cleanly_in_tshark(decoded: Decoded) -> None:
         assert row["icmpv6.code"] == codes.get(kind, ""), kind
 
     # Nothing malformed, no expert info at warning level or above anywhere.
-    assert _tshark(decoded.pcap, "-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
+    assert tshark.problems(decoded.pcap) == ""
 
     # Checksums: every UDP and ICMPv6 checksum verified good (1), none unverified or bad.
     udp = [r["udp.checksum.status"] for r in rows if r["udp.checksum.status"]]
@@ -284,7 +251,7 @@ def test_enh_ack_rsl_ie_as_wireshark_reads_it(decoded: Decoded) -> None:
     assert (ack["wpan.frame_type"], ack["wpan.version"]) == ("0x0002", "2")
     assert ack["wisun.rslie.rsl"] == str(-83 + 174)  # the field holds the byte, shown as dBm
     assert ack["wpan.seq_no"] == str(frames.decode(decoded.cap.psdus[-2]).seq)
-    shown = _tshark(decoded.pcap, "-V", "-Y", "wpan.frame_type == 2")
+    shown = tshark.run(decoded.pcap, "-V", "-Y", "wpan.frame_type == 2")
     assert "Received Signal Level: -83 dBm" in shown
 
 
@@ -307,7 +274,7 @@ def test_payload_ies_decode_in_tshark(tmp_path: Path) -> None:
     cap.add("data", frames.encode(frame))
     pcap = tmp_path / "ies.pcap"
     cap.write(pcap)
-    [row] = _fields(
+    [row] = tshark.fields(
         pcap,
         "wisun.rslie.rsl",
         "wpan.header_ie.ht1",
@@ -319,4 +286,4 @@ def test_payload_ies_decode_in_tshark(tmp_path: Path) -> None:
     assert row[0] == str(-70 + 174) and row[4] == "1"
     assert row[5].endswith("6lowpan:ipv6:udp:data")
     assert row[2].split(",") == ["0x0002", "0x000f"]  # vendor IE, then the payload termination
-    assert _tshark(pcap, "-Y", "_ws.malformed || _ws.expert.severity >= warning") == ""
+    assert tshark.problems(pcap) == ""
