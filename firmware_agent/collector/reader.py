@@ -95,6 +95,7 @@ class ReadPlan:
     profile_since: float | None = None
     max_intervals: int = 96
     instantaneous: bool = False
+    daily: bool = False  # the daily register read (the scheduler runs its drift check on it)
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ class _Slots:
         self._seq = itertools.count()
 
     async def acquire(self, priority: int) -> None:
+        while self._waiters and self._waiters[0][2].done():  # cancelled waiters
+            heapq.heappop(self._waiters)
         if self.free > 0 and not self._waiters:
             self.free -= 1
             return
@@ -350,6 +352,7 @@ class Collector:
             profile_since=since,
             max_intervals=cfg.catch_up_max_intervals,
             instantaneous=what in (WHAT_INSTANTANEOUS, WHAT_ALL),
+            daily=daily,
         )
 
     # ---------------------------------------------------------------- on demand
@@ -443,7 +446,7 @@ class Collector:
                 status.catch_up_rows += sum(1 for r in result.readings if r.source == plan.profile)
             self.marks.advance(meter.id, plan.profile, result.profile_newest)
         now = self.clock.now()
-        if any(code in plan.registers for code in self.cfg.daily_registers):
+        if plan.daily:
             day = datetime.fromtimestamp(now, UTC).date().isoformat()
             if status.last_daily != day:
                 status.last_daily = day

@@ -3,6 +3,7 @@ SQLite stores (catch-up marks, quarantine) on real files."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from firmware_agent.collector.quarantine import Quarantine
 from firmware_agent.collector.records import RecordError
 from firmware_agent.collector.scheduler import (
     MAC_FAIL,
+    _Slots,
     backoff_s,
     daily_due,
     error_name,
@@ -149,3 +151,28 @@ def test_error_names() -> None:
     assert error_name(DataAccessError("object-undefined", 4, "x")) == "object-undefined"
     assert error_name(ConfirmedServiceError("read", "access", 3)) == "read: access"
     assert error_name(LinkTimeout("no reply")) == "timeout"
+
+
+def test_read_slots_serve_by_priority_and_survive_cancelled_waiters() -> None:
+    async def go() -> None:
+        slots = _Slots(1)
+        order: list[str] = []
+        await slots.acquire(1)
+
+        async def waiter(name: str, priority: int) -> None:
+            await slots.acquire(priority)
+            order.append(name)
+            await asyncio.sleep(0)
+            slots.release()
+
+        tasks = {n: asyncio.create_task(waiter(n, p)) for n, p in [("a", 1), ("b", 1), ("c", 0)]}
+        await asyncio.sleep(0)
+        tasks["b"].cancel()  # an interval read given up while queued
+        await asyncio.sleep(0)
+        assert slots.waiting == 2
+        slots.release()
+        await asyncio.gather(tasks["a"], tasks["c"])
+        assert order == ["c", "a"]  # the on-demand priority first, then FIFO
+        assert slots.free == 1 and slots.waiting == 0
+
+    asyncio.run(go())
