@@ -31,6 +31,7 @@ from firmware_agent.collector.quarantine import Quarantine
 from firmware_agent.collector.wrapper import build_frame
 from firmware_agent.config import MeterConfig
 from firmware_agent.spool import Priority, Spool
+from hil.meter.push import PushSource
 
 ARRIVAL = datetime(2024, 5, 1, 12, 0, 5, tzinfo=UTC).timestamp()
 
@@ -238,3 +239,44 @@ def test_udp_listener_maps_senders_to_meters(tmp_path: Path) -> None:
     listener = asyncio.run(go())
     assert got == [("IP-1", notification(1, WHEN)), ("IP-1", b"mapped")]
     assert listener.unknown == 1
+
+
+def test_emulated_meter_pushes_become_alarms_through_the_udp_listener(tmp_path: Path) -> None:
+    """hil's PushSource (the emulated meter) -> real UDP -> PushListener -> PushReceiver ->
+    spool: last gasp, power restored and tamper as ALARM records; a repeat collapses."""
+    clock = ManualClock(ARRIVAL)
+    spool = Spool(tmp_path / "spool.sqlite", clock)
+    receiver = PushReceiver(spool, clock, quarantine=Quarantine(tmp_path / "q.sqlite", clock))
+    source = PushSource("MTR-7")
+    at = WHEN.timestamp()
+    frames = [
+        source.last_gasp(at),
+        source.last_gasp(at),  # sent twice (e.g. over two paths)
+        source.power_restored(at + 30),
+        source.tamper(at + 60),
+        source.event_frame(42, at + 90),
+    ]
+
+    async def go() -> None:
+        listener = PushListener(receiver.on_push, [MeterConfig("MTR-7", "udp", "127.0.0.1")])
+        _, port = await listener.start("127.0.0.1", 0)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for frame in frames:
+                s.sendto(frame, ("127.0.0.1", port))
+        for _ in range(200):
+            if receiver.stats.received == len(frames):
+                break
+            await asyncio.sleep(0.01)
+        listener.close()
+
+    asyncio.run(go())
+    assert receiver.stats.malformed == 0 and receiver.stats.duplicates == 1
+    alarms = spool.next_batch(100, 10**6)
+    assert all(a.priority == Priority.ALARM for a in alarms)
+    assert [(a.data["event"], a.data["time"]) for a in alarms] == [
+        (LAST_GASP, "2024-05-01T11:59:58Z"),
+        (POWER_RESTORED, "2024-05-01T12:00:28Z"),
+        (TAMPER, "2024-05-01T12:00:58Z"),
+        (TAMPER, "2024-05-01T12:01:28Z"),
+    ]
+    spool.close()
