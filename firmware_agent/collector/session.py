@@ -537,6 +537,7 @@ _MECHANISM_HIGH_GMAC = bytes.fromhex("60857405080205")
 _ASSOCIATION_LN = bytes([0, 0, 40, 0, 0, 255])
 _IC_ASSOCIATION_LN = 15
 _INVOKE = 0xC1  # invoke-id 1, confirmed, high priority (as gurux sends)
+_DIAG_AUTHENTICATION_FAILURE = 13
 _DIAG_AUTHENTICATION_REQUIRED = 14
 _SERVICE_DECIPHERING_ERROR = 5
 _SERVICE_INVOCATION_COUNTER_ERROR = 6
@@ -647,6 +648,12 @@ class _HlsAssociation(Exchange[None]):
         el = _apdu_elements(apdu, 0x61)
         result = el[0xA2][-1]
         diag = el[0xA3][-1] if 0xA3 in el else 0
+        if result != 0 and diag == _DIAG_AUTHENTICATION_FAILURE:
+            raise MacFailure(
+                sec.meter_id,
+                "meter refused the association with authentication-failure "
+                "(keys or system title do not match)",
+            )
         if result != 0:
             raise AssociationRejected(
                 _name(ASSOCIATION_RESULTS, result), _name(ACSE_DIAGNOSTICS, diag)

@@ -63,7 +63,7 @@ def test_association_negotiates_get_selective_block_and_pdu() -> None:
 
     assert conf & Conformance.GET and conf & Conformance.SELECTIVE_ACCESS
     assert conf & Conformance.BLOCK_TRANSFER_WITH_GET_OR_READ
-    assert not conf & Conformance.SET
+    assert conf & Conformance.SET and conf & Conformance.ACTION
     assert s.max_pdu == 512
     drive(server, s.release())
     assert not server.associated(16) and server.counters["released"] == 1
@@ -243,7 +243,7 @@ def test_get_next_without_transfer_and_bad_block_number() -> None:
         (build_frame(16, 1, b"\x62\x00") + b"\x00", "trailing-bytes", True),
         (build_frame(16, 1, b""), "empty-apdu", True),
         (build_frame(16, 1, b"\x99\x01"), "unknown-apdu", True),
-        (build_frame(16, 1, b"\xc1\x01\xc1"), "unsupported-service", True),
+        (build_frame(16, 1, b"\xd9\x01\xc1"), "unsupported-service", True),
         (build_frame(16, 1, b"\x60\x05\xa1\x09\x06"), "malformed-apdu", True),
     ],
 )
