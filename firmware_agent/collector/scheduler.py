@@ -390,7 +390,10 @@ class Collector:
         Returns None on failure (and appends the error to ``errors`` when given)."""
         state = self._state[meter.id]
         status = self.status[meter.id]
-        async with state.lock, self._slots.slot(0 if priority == Priority.ON_DEMAND else 1):
+        # The gateway slot first, then the meter: an on-demand read overtakes even this meter's
+        # own queued interval read, and whoever holds a meter's lock already holds a slot (so
+        # lock waits never block a slot holder: no deadlock).
+        async with self._slots.slot(0 if priority == Priority.ON_DEMAND else 1), state.lock:
             status.last_attempt = self.clock.now()
             started = self.clock.monotonic()
             try:

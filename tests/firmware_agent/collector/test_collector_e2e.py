@@ -417,6 +417,14 @@ def test_on_demand_read_jumps_the_queue(tmp_path: Path) -> None:
         by_prio = {r.data["device_id"]: r.priority for r in rig.spool.next_batch(1000, 10**8)}
         assert by_prio["E"] == Priority.ON_DEMAND and by_prio["B"] == Priority.INTERVAL
         assert rig.collector.status["E"].on_demand == 1
+        # an on-demand read also overtakes the same meter's own queued interval read
+        rec.starts.clear()
+        queued = [asyncio.create_task(rig.collector.read_once(by_id[m])) for m in "ABCD"]
+        while not rec.starts:
+            await asyncio.sleep(0.001)
+        await rig.collector.read_now("D")
+        await asyncio.gather(*queued)
+        assert rec.starts == ["A", "D", "B", "C", "D"]
         try:
             await rig.collector.read_now("NOPE")
         except UnknownMeter as exc:
