@@ -717,3 +717,28 @@ class _HlsAssociation(Exchange[None]):
         self._session.associated = True
         self._done = True
         self._result = None
+
+
+def session_factory(
+    keys: dict[str, MeterKeys],
+    counters: CounterBook,
+    client_system_title: bytes,
+    rng: random.Random,
+) -> Callable[[Any], DlmsSession]:
+    """A ``SessionFactory`` for reader/scheduler: a meter configured ``security.level: suite0``
+    gets a suite 0 session with its keys (a meter missing from the key file is a configuration
+    error, ``SessionStateError`` naming it, not a MAC Fail); any other meter a plain one."""
+
+    def make(meter: Any) -> DlmsSession:
+        level = meter.security.level
+        if level == "none":
+            return DlmsSession(meter.client_address, meter.server_address)
+        if level != "suite0":
+            raise SessionStateError(f"meter {meter.id}: security level {level!r} is not supported")
+        meter_keys = keys.get(meter.id)
+        if meter_keys is None:
+            raise SessionStateError(f"meter {meter.id}: suite0 configured but not in the key file")
+        sec = Suite0Security(meter.id, meter_keys, client_system_title, counters, rng)
+        return DlmsSession(meter.client_address, meter.server_address, security=sec)
+
+    return make

@@ -83,3 +83,34 @@ def test_counter_and_association_objects_read_live_values() -> None:
     assert a.get(4, None, NOW) == axdr.octets(ctx)
     assert a.get(6, None, NOW) == axdr.null()
     assert a.get(8, None, NOW) == axdr.enum(2)
+
+
+def test_server_dispatches_set_and_action_to_objects() -> None:
+    """SET-/ACTION-Request-Normal reach the object's set/action; refusals come back as results."""
+    from firmware_agent.clock import ManualClock
+    from firmware_agent.collector.session import DlmsSession
+    from firmware_agent.collector.wrapper import build_frame, parse_frame
+    from hil.meter.dlms_server import MeterServer
+
+    model = MeterModel("M1", random.Random(1))
+    toggle = _Toggle()
+    directory = build_directory(model)
+    directory[toggle.logical_name] = toggle
+    server = MeterServer(model, ManualClock(NOW), objects=directory)
+    s = DlmsSession()
+    ex = s.associate()
+    ex.feed(server.handle(ex.request) or b"")
+    head = bytes([0, 1]) + bytes([0, 0, 96, 99, 0, 255])
+
+    def ask(apdu: bytes) -> bytes:
+        return parse_frame(server.handle(build_frame(16, 1, apdu)) or b"")[1]
+
+    assert ask(b"\xc1\x01\xc1" + head + b"\x02\x00" + axdr.u8(5)) == b"\xc5\x01\xc1\x00"
+    assert toggle.state == 5
+    assert ask(b"\xc3\x01\xc1" + head + b"\x01\x00") == b"\xc7\x01\xc1\x00\x01\x00" + axdr.u8(4)
+    assert ask(b"\xc3\x01\xc1" + head + b"\x02\x00") == bytes(
+        [0xC7, 1, 0xC1, OBJECT_UNAVAILABLE, 0]
+    )
+    clock_set = b"\xc1\x01\xc1" + bytes([0, 8, 0, 0, 1, 0, 0, 255]) + b"\x02\x00" + axdr.u8(1)
+    assert ask(clock_set) == bytes([0xC5, 1, 0xC1, READ_WRITE_DENIED])
+    assert server.counters["sets"] == 1 and server.counters["actions"] == 1

@@ -305,3 +305,22 @@ def test_secured_read_costs_no_extra_round_trips(tmp_path: Path) -> None:
     sec_assoc, sec_rows = frames(secured, secured_session(CounterStore(tmp_path / "ic.sqlite")))
     assert plain_assoc == 1 and sec_assoc == 2
     assert sec_rows <= plain_rows + 2  # cipher overhead shrinks blocks a little, no more
+
+
+def test_session_factory_picks_security_per_meter(tmp_path: Path) -> None:
+    from firmware_agent.collector.session import SessionStateError, session_factory
+    from firmware_agent.config import MeterConfig, MeterSecurity
+
+    make = session_factory(
+        {"MTR-S": keys()}, CounterStore(tmp_path / "ic.sqlite"), GATEWAY_TITLE, random.Random(1)
+    )
+    plain = make(MeterConfig("MTR-P", "udp", "127.0.0.1"))
+    assert plain.security is None and plain.client_address == 16
+    sec = MeterSecurity(level="suite0")
+    secured = make(MeterConfig("MTR-S", "udp", "127.0.0.1", client_address=1, security=sec))
+    assert secured.security is not None and secured.security.keys.system_title == METER_TITLE
+    server = secured_server()
+    drive(server, secured.associate())
+    assert drive(server, secured.read_value(obis.ACTIVE_ENERGY_IMPORT)) > 0
+    with pytest.raises(SessionStateError, match="MTR-X: suite0 configured but not in the key"):
+        make(MeterConfig("MTR-X", "udp", "127.0.0.1", security=sec))
