@@ -3,12 +3,17 @@
 ``hil rcp --pty`` serves a virtual RCP on a new pseudo-terminal and prints the PTY path as its
 first stdout line; ``spinel+pty://`` radio URLs spawn exactly this (URL query parameters become
 options), so the gateway's production driver is what talks to it.
+
+``hil meter serve --udp 127.0.0.1:PORT`` serves one emulated DLMS meter on loopback (optionally
+over TCP too, with suite 0 keys, or misbehaving with ``--fault``) and prints one ``udp HOST:PORT``
+/ ``tcp HOST:PORT`` line per address it listens on, until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import logging
 import os
 import random
@@ -19,7 +24,16 @@ from pathlib import Path
 
 from drivers.pty_spawn import WATCH_STDIN_ENV
 from firmware_agent.clock import SystemClock
+from firmware_agent.collector.keys import load_keys
+from firmware_agent.config import ConfigError
 from hil.medium import Medium
+from hil.meter.dlms_server import MeterServer
+from hil.meter.faults import FaultSpecError, FaultyMeter, parse_fault
+from hil.meter.image import image_objects
+from hil.meter.model import MeterModel
+from hil.meter.objects import build_directory
+from hil.meter.push import PushSetupObject
+from hil.meter.udp import serve_tcp, serve_udp
 from hil.population import asyncio_scheduler, populate, read_mesh_meters
 from hil.rcp import VirtualRcp, serve_pty
 
@@ -72,7 +86,122 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--report", type=Path, default=None, help="write the summary as JSON here")
     sim.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     sim.set_defaults(func=_cmd_simulate)
+
+    meter = sub.add_parser("meter", help="emulated DLMS meters")
+    meter_sub = meter.add_subparsers(dest="meter_command", required=True, metavar="ACTION")
+    serve = meter_sub.add_parser(
+        "serve", help="serve one emulated meter on loopback until SIGINT/SIGTERM"
+    )
+    serve.add_argument("--udp", type=_host_port, default=None, help="UDP HOST:PORT (0: any port)")
+    serve.add_argument("--tcp", type=_host_port, default=None, help="TCP HOST:PORT (0: any port)")
+    serve.add_argument("--meter-id", default="EMU-1", help="device id the meter reports")
+    serve.add_argument("--wport", type=int, default=1, help="the meter's server wPort")
+    serve.add_argument("--seed", type=int, default=1, help="seed of the meter's physics and faults")
+    serve.add_argument("--security", choices=("none", "suite0"), default="none")
+    serve.add_argument("--keys", type=Path, default=None, help="key file (0600) for suite0")
+    serve.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        help="misbehave: KIND[:COUNT|*][,p=P][,after=N][,delay=S] (repeatable), e.g. garbage:1",
+    )
+    serve.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    serve.set_defaults(func=_cmd_meter_serve)
     return parser
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"port {number} is outside 0..65535")
+    return host.strip("[]"), number
+
+
+class MeterServeError(Exception):
+    """``hil meter serve`` cannot start as asked (bad fault, key file, security)."""
+
+
+def build_served_meter(args: argparse.Namespace) -> MeterServer | FaultyMeter:
+    """One emulated meter with the standard directory plus image transfer, firmware identifier
+    and push setup; wrapped in its faults when ``--fault`` asked for any."""
+    rng = random.Random(args.seed)
+    clock = SystemClock()
+    model = MeterModel(args.meter_id, rng)
+    objects = build_directory(model)
+    for obj in (*image_objects(), PushSetupObject()):
+        objects[obj.logical_name] = obj
+    options: dict[str, object] = {}
+    if args.security == "suite0":
+        if args.keys is None:
+            raise MeterServeError("--security suite0 needs --keys FILE")
+        try:
+            keys = load_keys(args.keys)
+        except ConfigError as exc:
+            raise MeterServeError(str(exc)) from None
+        if args.meter_id not in keys:
+            raise MeterServeError(f"key file {args.keys} has no keys for meter {args.meter_id}")
+        if "security" not in inspect.signature(MeterServer).parameters:
+            raise MeterServeError("this meter server does not support suite0 yet")
+        options["security"] = keys[args.meter_id]
+    server = MeterServer(model, clock, server_wport=args.wport, objects=objects, **options)  # type: ignore[arg-type]
+    if not args.fault:
+        return server
+    try:
+        faults = [parse_fault(spec) for spec in args.fault]
+        return FaultyMeter(server, random.Random(args.seed + 1), faults)
+    except FaultSpecError as exc:
+        raise MeterServeError(str(exc)) from None
+
+
+async def _serve_meter(args: argparse.Namespace) -> int:
+    meter = build_served_meter(args)
+    servers = {args.wport: meter}
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    udp = tcp = None
+    try:
+        if args.udp is not None:
+            udp = await serve_udp(servers, *args.udp)
+            print(f"udp {udp.host}:{udp.port}", flush=True)
+        if args.tcp is not None:
+            tcp = await serve_tcp(servers, *args.tcp)
+            print(f"tcp {tcp.host}:{tcp.port}", flush=True)
+        log.info("meter %s serving (wPort %d)", args.meter_id, args.wport)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if udp is not None:
+            udp.close()
+        if tcp is not None:
+            await tcp.close()
+    server = meter.server if isinstance(meter, FaultyMeter) else meter
+    counters = dict(server.counters)
+    if isinstance(meter, FaultyMeter):
+        counters.update({f"fault-{k}": v for k, v in meter.counters.items()})
+    log.info("meter %s stopped: %s", args.meter_id, counters)
+    return 0
+
+
+def _cmd_meter_serve(args: argparse.Namespace) -> int:
+    if args.udp is None and args.tcp is None:
+        args.udp = ("127.0.0.1", 4059)
+    try:
+        return asyncio.run(_serve_meter(args))
+    except MeterServeError as exc:
+        print(f"hil meter serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hil meter serve: cannot listen: {exc}", file=sys.stderr)
+        return 2
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:

@@ -17,8 +17,10 @@ Fault kinds:
 - ``slow``: the real reply, due ``delay_s`` later;
 - ``wrong-apdu``: a well-formed reply of another service (RLRE for an AARQ, an ACTION-Response for
   a GET, a GET-Response for anything else);
-- ``desync``: the meter's invocation counters jump (``MeterServer.desync_counters``), then the frame
-  is served normally; the next secured exchange sees the desynchronisation.
+- ``desync``: the highest client invocation counter the meter believes it accepted jumps by
+  ``DESYNC_JUMP`` (``MeterServer.desync_counters``, as after a meter-side reset), then the frame is
+  served normally; the gateway's next secured frames look replayed to the meter until a
+  ``security reset`` reads 0.0.43.1.0.255 and resynchronises.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .dlms_server import MeterServer
 _AARQ = 0x60
 _GET_REQUEST = 0xC0
 _RLRE = bytes([0x63, 0x03, 0x80, 0x01, 0x00])
+DESYNC_JUMP = 1_000_000
 
 
 class FaultKind(StrEnum):
@@ -124,8 +127,6 @@ class FaultyMeter:
         self.rng = rng
         self.faults: list[Fault] = list(faults)
         self.counters: Counter[str] = Counter()
-        for fault in self.faults:
-            self._check(fault)
 
     @property
     def server_wport(self) -> int:
@@ -133,15 +134,10 @@ class FaultyMeter:
 
     def inject(self, fault: Fault) -> None:
         """Queue a fault after those already queued (each applies once the previous is spent)."""
-        self._check(fault)
         self.faults.append(fault)
 
     def clear(self) -> None:
         self.faults.clear()
-
-    def _check(self, fault: Fault) -> None:
-        if fault.kind == FaultKind.DESYNC and not hasattr(self.server, "desync_counters"):
-            raise FaultSpecError("this meter server has no invocation counters to desynchronise")
 
     def handle(self, frame: bytes) -> bytes | None:
         reply = self.respond(frame)
@@ -156,7 +152,7 @@ class FaultyMeter:
         if fault.kind == FaultKind.SILENCE:
             return None
         if fault.kind == FaultKind.DESYNC:
-            self.server.desync_counters()  # type: ignore[attr-defined]  # checked in _check
+            self.server.desync_counters(client=self.server.client_counter + DESYNC_JUMP)
             return self._serve(frame)
         if fault.kind == FaultKind.GARBAGE:
             self.server.handle(frame)  # the meter did the work; what it sent was garbled

@@ -19,7 +19,7 @@ from firmware_agent.collector.session import DlmsError, MalformedReply
 from firmware_agent.collector.wrapper import parse_frame
 from firmware_agent.config import MeterConfig
 from hil.meter.dlms_server import MeterServer
-from hil.meter.faults import Fault, FaultKind, FaultSpecError, FaultyMeter, parse_fault
+from hil.meter.faults import DESYNC_JUMP, Fault, FaultKind, FaultSpecError, FaultyMeter, parse_fault
 from hil.meter.model import MeterModel
 from hil.meter.udp import serve_tcp, serve_udp
 
@@ -97,14 +97,13 @@ def test_bad_fault_specs_name_the_problem(spec: str, match: str) -> None:
         parse_fault(spec)
 
 
-def test_desync_needs_a_server_with_counters() -> None:
-    meter, _ = faulty()
-    if hasattr(meter.server, "desync_counters"):
-        meter.inject(Fault(FaultKind.DESYNC))
-        assert meter.faults
-    else:
-        with pytest.raises(FaultSpecError, match="invocation counters"):
-            meter.inject(Fault(FaultKind.DESYNC))
+def test_desync_jumps_the_accepted_client_counter_and_still_answers() -> None:
+    meter, _ = faulty(Fault(FaultKind.DESYNC, 1))
+    before = meter.server.client_counter
+    junk = b"\x00\x01\x00\x10\x00\x01\x00\x00"
+    assert meter.respond(junk) is not None
+    assert meter.server.client_counter == before + DESYNC_JUMP
+    assert meter.server.counters["counter-desyncs"] == 1
 
 
 # ---------------------------------------------------------------------- sans-IO behaviour
