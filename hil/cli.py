@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import logging
 import os
 import random
@@ -27,7 +26,7 @@ from firmware_agent.clock import SystemClock
 from firmware_agent.collector.keys import load_keys
 from firmware_agent.config import ConfigError
 from hil.medium import Medium
-from hil.meter.dlms_server import MeterServer
+from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.faults import FaultSpecError, FaultyMeter, parse_fault
 from hil.meter.image import image_objects
 from hil.meter.model import MeterModel
@@ -136,7 +135,7 @@ def build_served_meter(args: argparse.Namespace) -> MeterServer | FaultyMeter:
     objects = build_directory(model)
     for obj in (*image_objects(), PushSetupObject()):
         objects[obj.logical_name] = obj
-    options: dict[str, object] = {}
+    security: ServerSecurity | None = None
     if args.security == "suite0":
         if args.keys is None:
             raise MeterServeError("--security suite0 needs --keys FILE")
@@ -146,10 +145,9 @@ def build_served_meter(args: argparse.Namespace) -> MeterServer | FaultyMeter:
             raise MeterServeError(str(exc)) from None
         if args.meter_id not in keys:
             raise MeterServeError(f"key file {args.keys} has no keys for meter {args.meter_id}")
-        if "security" not in inspect.signature(MeterServer).parameters:
-            raise MeterServeError("this meter server does not support suite0 yet")
-        options["security"] = keys[args.meter_id]
-    server = MeterServer(model, clock, server_wport=args.wport, objects=objects, **options)  # type: ignore[arg-type]
+        mine = keys[args.meter_id]
+        security = ServerSecurity(mine.suite(), mine.system_title, random.Random(args.seed + 2))
+    server = MeterServer(model, clock, server_wport=args.wport, objects=objects, security=security)
     if not args.fault:
         return server
     try:

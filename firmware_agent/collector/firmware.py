@@ -156,21 +156,22 @@ class ThroughputLimit:
 # ---------------------------------------------------------------------------------- exchanges
 
 
-def _only(frames: Any, what: str) -> bytes:
-    if not frames:
-        raise SessionStateError(f"{what}: gurux produced no request (not associated?)")
-    if len(frames) != 1:
+def _only(session: DlmsSession, frames: Any, what: str) -> bytes:
+    """The one request frame of ``frames``, through the session (which ciphers it under suite 0)."""
+    if frames and len(frames) > 1:
         raise SessionStateError(
             f"{what}: request split into {len(frames)} frames (block size too large for the "
             "meter's PDU)"
         )
-    return bytes(frames[0])
+    return session._one(frames, what)
 
 
 def read_attribute(session: DlmsSession, logical_name: str, attribute: int) -> Exchange[Any]:
     """An IC 18 attribute as gurux decodes it (bit-string -> GXBitString, octets -> bytes)."""
     target = f"IC 18 {logical_name} attr {attribute}"
-    request = _only(session.client.read(GXDLMSImageTransfer(logical_name), attribute), target)
+    request = _only(
+        session, session.client.read(GXDLMSImageTransfer(logical_name), attribute), target
+    )
     return Exchange(session, request, target, lambda reply: reply.value)
 
 
@@ -189,7 +190,7 @@ def action(
         frames = session.client.method(item, method, params, DataType.INT8)
     else:
         frames = session.client.method(item, method, params, DataType.STRUCTURE)
-    return Exchange(session, _only(frames, target), target, lambda reply: reply.value)
+    return Exchange(session, _only(session, frames, target), target, lambda reply: reply.value)
 
 
 def write_transfer_enabled(session: DlmsSession, logical_name: str, enabled: bool) -> Exchange[Any]:
@@ -197,7 +198,9 @@ def write_transfer_enabled(session: DlmsSession, logical_name: str, enabled: boo
     item = GXDLMSImageTransfer(logical_name)
     item.imageTransferEnabled = enabled
     target = f"IC 18 {logical_name} attr 5 (set)"
-    return Exchange(session, _only(session.client.write(item, 5), target), target, lambda r: None)
+    return Exchange(
+        session, _only(session, session.client.write(item, 5), target), target, lambda r: None
+    )
 
 
 def _axdr_len(n: int) -> bytes:

@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -18,6 +19,8 @@ from gurux_dlms.objects import GXDLMSImageTransfer
 
 from firmware_agent.clock import Clock, ManualClock, SystemClock
 from firmware_agent.collector import obis
+from firmware_agent.collector.ciphering import Suite0
+from firmware_agent.collector.counters import CounterStore
 from firmware_agent.collector.firmware import (
     FirmwareImage,
     Progress,
@@ -29,10 +32,11 @@ from firmware_agent.collector.firmware import (
     push_group,
     push_image,
 )
+from firmware_agent.collector.keys import MeterKeys
 from firmware_agent.collector.link import UdpMeterLink
-from firmware_agent.collector.session import DlmsSession
-from firmware_agent.config import MeterConfig
-from hil.meter.dlms_server import MeterServer
+from firmware_agent.collector.session import DlmsSession, session_factory
+from firmware_agent.config import MeterConfig, MeterSecurity
+from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.faults import Fault, FaultKind, FaultyMeter
 from hil.meter.image import ACTIVE_FIRMWARE_ID, ImageTransferObject, image_objects, seal
 from hil.meter.model import MeterModel
@@ -310,3 +314,35 @@ def test_image_needs_identifier_and_bytes() -> None:
 
 
 _ = ImageTransferObject  # the type the tests inspect through Meter.image
+
+
+def test_push_over_suite0_through_the_secured_session(tmp_path: Path) -> None:
+    ek, ak = bytes(range(16)), bytes(range(16, 32))
+    meter_title, gateway_title = (
+        bytes.fromhex("4D4D4D0000000009"),
+        bytes.fromhex("4757000000000001"),
+    )
+    clock = ManualClock(NOW)
+    meter = Meter("MTR-SEC", clock)
+    meter.server.security = ServerSecurity(Suite0(ek, ak), meter_title, random.Random(4))
+    store = CounterStore(tmp_path / "counters.sqlite")
+    factory = session_factory(
+        {"MTR-SEC": MeterKeys("MTR-SEC", ek, ak, meter_title)}, store, gateway_title,
+        random.Random(5),
+    )  # fmt: skip
+
+    async def go() -> PushResult:
+        async with served(meter) as [(cfg, link)]:
+            secured = MeterConfig(
+                cfg.id, "udp", "127.0.0.1", cfg.port, client_address=1,
+                security=MeterSecurity("suite0"),
+            )  # fmt: skip
+            small = FirmwareImage(b"FW-SEC", seal(b"s" * 3000))
+            return await push_image(
+                link, secured, small, virtual_limit(1e9, clock), session_factory=factory
+            )
+
+    result = run(go())
+    assert result.ok, result
+    assert active_firmware(meter.firmware) == b"FW-SEC"
+    assert meter.server.client_counter >= result.blocks_sent  # every block came ciphered

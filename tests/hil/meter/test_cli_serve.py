@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from firmware_agent.clock import SystemClock
+from firmware_agent.collector.counters import CounterStore
+from firmware_agent.collector.keys import load_keys
 from firmware_agent.collector.link import TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.reader import MeterRead, MeterReadError, read_meter
-from firmware_agent.collector.session import MalformedReply
-from firmware_agent.config import MeterConfig
+from firmware_agent.collector.session import MalformedReply, session_factory
+from firmware_agent.config import MeterConfig, MeterSecurity
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -115,3 +118,55 @@ def test_bad_arguments_exit_2_with_the_reason(args: list[str], message: str) -> 
     )
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+EK = "000102030405060708090A0B0C0D0E0F"
+AK = "D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF"
+TITLE = "4D4D4D0000000001"
+
+
+def key_file(tmp_path: Path, mode: int = 0o600) -> Path:
+    path = tmp_path / "keys.yaml"
+    path.write_text(
+        f"MTR-SEC:\n  block_cipher_key: {EK}\n  authentication_key: {AK}\n  system_title: {TITLE}\n"
+    )
+    path.chmod(mode)
+    return path
+
+
+def test_serve_suite0_is_read_by_our_secured_session(tmp_path: Path) -> None:
+    keys = load_keys(key_file(tmp_path))
+    store = CounterStore(tmp_path / "counters.sqlite")
+    factory = session_factory(keys, store, bytes.fromhex("4757000000000001"), random.Random(1))
+    meter = MeterConfig(
+        "MTR-SEC", "udp", "127.0.0.1", 1, client_address=1, security=MeterSecurity("suite0")
+    )
+    with serving(
+        "--udp", "127.0.0.1:0", "--meter-id", "MTR-SEC", "--security", "suite0",
+        "--keys", str(key_file(tmp_path)),
+    ) as (proc, ports):  # fmt: skip
+
+        async def go() -> MeterRead:
+            link = UdpMeterLink("127.0.0.1", ports["udp"])
+            try:
+                return await read_meter(
+                    link, meter, SystemClock(), timeout=3.0, session_factory=factory
+                )
+            finally:
+                await link.close()
+
+        result = asyncio.run(go())
+        assert len(result.readings) == 5
+        assert store.state("MTR-SEC").next_send > 1  # frames really went ciphered
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def test_serve_refuses_a_key_file_others_can_read(tmp_path: Path) -> None:
+    path = key_file(tmp_path, 0o644)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hil", "meter", "serve", "--udp", "127.0.0.1:0",
+         "--meter-id", "MTR-SEC", "--security", "suite0", "--keys", str(path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "must be 0600" in proc.stderr
