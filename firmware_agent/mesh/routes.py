@@ -465,7 +465,9 @@ class RoutingTable:
                     loop = cycle
                     self._loops[node] = cycle
                     break
-            unreachable, recovered = self._reachability_after(node, now, is_new)
+            # A node whose transits lapsed without an expire() call was never marked, but
+            # children that reported through it meanwhile were: they recover with it.
+            unreachable, recovered = self._reachability_after(node, now, is_new or had_expired)
         return DaoOutcome(
             node,
             DaoStatus.ACCEPTED,
@@ -892,11 +894,11 @@ class RoutingTable:
         return TickReport(expiry, tuple(self.reselect(now)))
 
     def _reachability_after(
-        self, node: bytes, now: float, is_new: bool
+        self, node: bytes, now: float, recheck_descendants: bool
     ) -> tuple[list[bytes], list[bytes]]:
         if self._reaches_root(node, now):
             recovered: list[bytes] = []
-            if node in self._unreachable or is_new:
+            if node in self._unreachable or recheck_descendants:
                 for d in sorted(self._descendants(node)):
                     if d in self._unreachable and self._reaches_root(d, now):
                         self._unreachable.discard(d)

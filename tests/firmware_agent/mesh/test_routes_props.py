@@ -8,7 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from firmware_agent.mesh.routes import (
@@ -147,6 +147,13 @@ def check(table: RoutingTable, model: Model, max_paths: int) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(op, min_size=5, max_size=60), st.integers(1, 8))
+# A child reports through a parent whose transit lapsed (no expire() call in between), then the
+# parent refreshes: the child must be reported recovered, not left unreachable.
+@example(
+    [("dao", 4, [0], None), ("advance", 40.0), ("dao", 5, [4], None), ("dao", 4, [0], None)]
+    + [("expire",)],
+    1,
+)
 def test_paths_match_brute_force_after_any_history(ops: list[tuple], max_paths: int) -> None:  # type: ignore[type-arg]
     table = RoutingTable(
         ROOT,
