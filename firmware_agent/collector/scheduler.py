@@ -379,6 +379,16 @@ class Collector:
         result = await self._read(meter, Priority.INTERVAL, self._plan(meter, WHAT_INTERVAL))
         return 0 if result is None else len(result.readings)
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, meter_id: str) -> AsyncIterator[MeterConfig]:
+        """The meter to oneself for an operation that is not a read (security reset, firmware):
+        an on-demand gateway slot, then the meter's lock, in the same order reads take them."""
+        meter = self.by_id.get(meter_id)
+        if meter is None:
+            raise UnknownMeter(meter_id)
+        async with self._slots.slot(0), self._state[meter_id].lock:
+            yield meter
+
     async def _read(
         self,
         meter: MeterConfig,
