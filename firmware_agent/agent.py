@@ -31,9 +31,25 @@ from drivers.pcap import PcapWriter
 from drivers.reconnect import RadioEvent, RadioEventKind, ReconnectingTransceiver
 from drivers.transceiver import RadioError, RadioInfo, Registry, Transceiver
 from firmware_agent.clock import Clock
+from firmware_agent.collector import ciphering, push
+from firmware_agent.collector.catchup import ProfileMarks
+from firmware_agent.collector.counters import CounterStore
+from firmware_agent.collector.firmware import (
+    FirmwareImage,
+    Progress,
+    PushResult,
+    ThroughputLimit,
+    push_group,
+)
+from firmware_agent.collector.keys import MeterKeys, load_keys
 from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
-from firmware_agent.collector.scheduler import Collector, MeterStatus
-from firmware_agent.config import Config, MeterConfig
+from firmware_agent.collector.push_listener import PushListener
+from firmware_agent.collector.quarantine import Quarantine
+from firmware_agent.collector.reader import SessionFactory
+from firmware_agent.collector.scheduler import Collector, MeterStatus, state_path
+from firmware_agent.collector.security_reset import ResetResult, security_reset
+from firmware_agent.collector.session import session_factory
+from firmware_agent.config import Config, ConfigError, MeterConfig
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
@@ -75,6 +91,25 @@ class Snapshot:
 
 def eui64(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
+
+
+#: APDU tags of frames a meter sends on its own: data-notification, event-notification (plain
+#: and glo-ciphered) and general-glo-ciphering, which our client never uses for requests, so
+#: over DLMS/UDP it only ever carries a secured push.
+PUSH_APDU_TAGS = frozenset(
+    {
+        push.DATA_NOTIFICATION,
+        push.EVENT_NOTIFICATION,
+        0xCA,  # glo-event-notification-request
+        ciphering.GENERAL_GLO_CIPHERING,
+    }
+)
+WRAPPER_HEADER_BYTES = 8
+
+
+def is_push_frame(frame: bytes) -> bool:
+    """Whether a WRAPPER frame from a meter is a push rather than a reply."""
+    return len(frame) > WRAPPER_HEADER_BYTES and frame[WRAPPER_HEADER_BYTES] in PUSH_APDU_TAGS
 
 
 BoardLister = Callable[[], Sequence[BoardCandidate]]
@@ -196,6 +231,13 @@ class Agent:
         self.spool: Spool | None = None
         self.uplink: Uplink | None = None
         self.collector: Collector | None = None
+        self.pushes: push.PushReceiver | None = None
+        self.push_listener: PushListener | None = None
+        self.quarantine: Quarantine | None = None
+        self.counters: CounterStore | None = None
+        self._keys: dict[str, MeterKeys] = {}
+        self._sessions: SessionFactory | None = None
+        self._state_stores: list[Quarantine | ProfileMarks] = []
         self._links: dict[str, MeterLink] = {}
         self._stop = asyncio.Event()
         self._final_spool_depth = 0
@@ -266,9 +308,54 @@ class Agent:
                     event.info.hwaddr.hex(":"),
                 )
 
+    def _open_security(self) -> None:
+        """Keys and invocation counters for suite 0 meters (nothing without a security section)."""
+        sec = self.config.security
+        if sec is None:
+            return
+        self._keys = load_keys(sec.keys_file)
+        missing = [
+            m.id
+            for m in self.config.meters
+            if m.security.level == "suite0" and m.id not in self._keys
+        ]
+        if missing:
+            log.error("suite0 meters missing from %s (never read): %s", sec.keys_file, missing)
+        self.counters = CounterStore(sec.counters_file)
+        self._sessions = session_factory(
+            self._keys, self.counters, bytes.fromhex(sec.client_system_title), self.rng
+        )
+
+    def _push_unwrap(self, meter_id: str) -> push.Unwrap | None:
+        """Deciphers a suite 0 meter's push and checks its invocation counter (replays out)."""
+        keys, counters = self._keys.get(meter_id), self.counters
+        if keys is None or counters is None:
+            return None
+        suite = keys.suite()
+
+        def unwrap(apdu: bytes) -> bytes:
+            opened = ciphering.unprotect(suite, apdu, keys.system_title)
+            counters.accept(meter_id, opened.invocation_counter)
+            return opened.apdu
+
+        return unwrap
+
+    def _on_mesh_push(self, src_mac: bytes, frame: bytes) -> None:
+        meter = self._mesh_meters.get(src_mac)
+        if meter is None:
+            log.warning("push from %s, which is not a configured meter: dropped", src_mac.hex(":"))
+            return
+        if self.pushes is not None:
+            self.pushes.on_push(meter.id, frame)
+
     async def run(self, duration: float | None = None) -> int:
         """Run until ``stop()``, SIGTERM/SIGINT, or ``duration`` seconds. Returns an exit code."""
         cfg = self.config
+        try:
+            self._open_security()
+        except ConfigError as exc:
+            log.error("%s", exc)
+            return exc.exit_code
         try:
             self.radio, self.radio_info = await self._open_radio()
         except (RadioError, OSError) as exc:
@@ -290,13 +377,46 @@ class Agent:
             # No saved routes: a new DTSN in the first DIOs asks every node for its DAOs now
             # rather than at its next refresh.
             self.stack.root.request_daos(self.clock.monotonic())
-        self.mesh_links = MeshLinks(self.stack)
+        self._mesh_meters = {eui64(m.address): m for m in cfg.meters if m.transport == "mesh"}
+        self.mesh_links = MeshLinks(
+            self.stack, on_unsolicited=self._on_mesh_push, is_unsolicited=is_push_frame
+        )
         self.spool = Spool(cfg.spool.path, self.clock)
         if self.with_uplink:
             self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.spool, self.clock)
+        state = state_path(cfg)
+        self.quarantine, marks = Quarantine(state, self.clock), ProfileMarks(state)
+        self._state_stores = [self.quarantine, marks]
         self.collector = Collector(
-            cfg.meters, self._link_for, self.spool, self.clock, cfg.collector, self.rng
+            cfg.meters,
+            self._link_for,
+            self.spool,
+            self.clock,
+            cfg.collector,
+            self.rng,
+            quarantine=self.quarantine,
+            marks=marks,
+            session_factory=self._sessions,
         )
+        self.pushes = push.PushReceiver(
+            self.spool, self.clock, quarantine=self.quarantine, unwrap_for=self._push_unwrap
+        )
+        if cfg.collector.push_bind is not None:
+            self.push_listener = PushListener(
+                self.pushes.on_push, cfg.meters, quarantine=self.quarantine
+            )
+            try:
+                where = await self.push_listener.start(
+                    cfg.collector.push_bind, cfg.collector.push_port
+                )
+            except OSError as exc:
+                log.error(
+                    "cannot listen for pushes on [%s]:%d: %s",
+                    cfg.collector.push_bind, cfg.collector.push_port, exc,
+                )  # fmt: skip
+                self.push_listener = None
+            else:
+                log.info("listening for meter pushes on [%s]:%d", *where)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -345,6 +465,12 @@ class Agent:
         for link in self._links.values():
             with contextlib.suppress(Exception):
                 await link.close()
+        if self.push_listener is not None:
+            self.push_listener.close()
+        for store in self._state_stores:
+            store.close()
+        if self.counters is not None:
+            self.counters.close()
         self._save_routes()
         if self.radio is not None:
             with contextlib.suppress(RadioError):
@@ -406,6 +532,59 @@ class Agent:
         while True:
             await asyncio.sleep(period_s)
             self._save_routes()
+
+    # --- operations (commands from the head end and the diag API call these) --------------------
+
+    def _meter(self, meter_id: str) -> MeterConfig:
+        for m in self.config.meters:
+            if m.id == meter_id:
+                return m
+        raise KeyError(f"no meter {meter_id!r} in the configuration")
+
+    async def security_reset(self, meter_id: str) -> ResetResult:
+        """Resynchronise our invocation counter with what ``meter_id`` last accepted (after a
+        MAC Fail): read 0.0.43.1.0.255 as the public client, send from its value + 1 on. Runs
+        under the meter's collector lock, so no read is interleaved with it."""
+        meter = self._meter(meter_id)
+        if self.counters is None or self.collector is None:
+            raise RuntimeError("security reset needs a running agent with a security section")
+        async with self.collector.exclusive(meter.id):
+            result = await security_reset(
+                self._link_for(meter),
+                meter.id,
+                self.counters,
+                server_address=meter.server_address,
+                timeout=self.config.collector.timeout_s,
+            )
+        log.warning(
+            "security reset of meter %s: it accepted up to %d, we now send from %d (was %d)",
+            meter.id, result.meter_counter, result.new_next, result.old_next,
+        )  # fmt: skip
+        return result
+
+    async def push_firmware(
+        self,
+        meter_ids: Sequence[str],
+        image: FirmwareImage,
+        *,
+        bytes_per_s: float | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> list[PushResult]:
+        """Push ``image`` to a group of meters under one shared byte-rate limit."""
+        cfg = self.config.collector
+        meters = [self._meter(m) for m in meter_ids]
+        limit = ThroughputLimit(bytes_per_s or cfg.firmware_bytes_per_s, self.clock, asyncio.sleep)
+        kwargs: dict[str, object] = {"timeout": cfg.timeout_s, "retries": cfg.retries}
+        if self._sessions is not None:
+            kwargs["session_factory"] = self._sessions
+        return await push_group(
+            [(m, self._link_for(m)) for m in meters],
+            image,
+            limit,
+            concurrency=cfg.firmware_concurrency,
+            progress=progress,
+            **kwargs,
+        )
 
     def snapshot(self) -> Snapshot:
         meters: list[MeterView] = []

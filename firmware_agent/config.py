@@ -480,6 +480,10 @@ class CollectorConfig:
     # SQLite file of the collector's own state (quarantine, newest capture time per meter);
     # none: collector.sqlite next to the spool file.
     state_file: Path | None = field(default=None, metadata=rules(output_file))
+    # Firmware pushes (DLMS image transfer) to a group share this many bytes/s of request
+    # frames, so an image never takes the mesh's airtime from the interval reads.
+    firmware_bytes_per_s: float = field(default=1000.0, metadata=rules(positive))
+    firmware_concurrency: int = field(default=4, metadata=rules(in_range(1, 1000)))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from typing import Any
 from drivers.reconnect import ReconnectingTransceiver, find_layer
 from drivers.transceiver import RadioError, Transceiver, TxResult, TxStatus
 from firmware_agent.clock import Clock
+from firmware_agent.collector.link import LinkTimeout
 from firmware_agent.config import MeshConfig
 from firmware_agent.mesh import frames, ipv6, lowpan, rpl
 from firmware_agent.mesh.adaptation import LowpanAdaptation, parse_packet, rpl_packet, udp_packet
@@ -430,11 +431,17 @@ class MeshDatagramLink:
         sent_at = stack.clock.monotonic()
         result = await stack.send_udp(self._dst, self._local_port, self._port, frame)
         if result.status not in (TxStatus.ACKED, TxStatus.SENT):
-            raise TimeoutError(
+            raise LinkTimeout(
                 f"meter {self._dst.hex(':')}: next hop {first_hop.hex(':')} did not ack "
                 f"({result.status.value})"
             )
-        reply = await asyncio.wait_for(self._replies.get(), timeout)
+        try:
+            reply = await asyncio.wait_for(self._replies.get(), timeout)
+        except TimeoutError:
+            raise LinkTimeout(
+                f"meter {self._dst.hex(':')}: no reply in {timeout:g} s (first hop "
+                f"{first_hop.hex(':')} acked)"
+            ) from None
         # The round trip counts against the link the request left through (seed 000's orange:
         # latency over 2000 ms).
         stack.neighbours.round_trip(first_hop, stack.clock.monotonic() - sent_at)
@@ -445,12 +452,25 @@ class MeshDatagramLink:
 
 
 class MeshLinks:
-    """Demultiplexes DLMS datagrams from many meters arriving on one UDP port."""
+    """Demultiplexes DLMS datagrams from many meters arriving on one UDP port.
 
-    def __init__(self, stack: MeshStack, port: int = 4059) -> None:
+    Replies go to the meter's request/response link. Frames a meter sends on its own (pushes:
+    last gasp, power restored) go to ``on_unsolicited(src_mac, frame)`` when ``is_unsolicited``
+    says so; the mesh does not parse DLMS, the agent hands in both."""
+
+    def __init__(
+        self,
+        stack: MeshStack,
+        port: int = 4059,
+        *,
+        on_unsolicited: Callable[[bytes, bytes], None] | None = None,
+        is_unsolicited: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self._stack = stack
         self._port = port
         self._links: dict[bytes, MeshDatagramLink] = {}
+        self._on_unsolicited = on_unsolicited
+        self._is_unsolicited = is_unsolicited
         stack.bind(port, self._deliver)
 
     def link(self, dst_mac: bytes) -> MeshDatagramLink:
@@ -459,6 +479,13 @@ class MeshLinks:
         return self._links[dst_mac]
 
     def _deliver(self, src_mac: bytes, datagram: ipv6.UdpDatagram) -> None:
+        if (
+            self._on_unsolicited is not None
+            and self._is_unsolicited is not None
+            and self._is_unsolicited(datagram.payload)
+        ):
+            self._on_unsolicited(src_mac, datagram.payload)
+            return
         link = self._links.get(src_mac)
         if link is None:
             log.info("datagram from unknown meter %s dropped", src_mac.hex(":"))

@@ -150,8 +150,13 @@ def check(table: RoutingTable, model: Model, max_paths: int) -> None:
 # A child reports through a parent whose transit lapsed (no expire() call in between), then the
 # parent refreshes: the child must be reported recovered, not left unreachable.
 @example(
-    [("dao", 4, [0], None), ("advance", 40.0), ("dao", 5, [4], None), ("dao", 4, [0], None)]
-    + [("expire",)],
+    [
+        ("dao", 4, [0], None),
+        ("advance", 40.0),
+        ("dao", 5, [4], None),
+        ("dao", 4, [0], None),
+        ("expire",),
+    ],
     1,
 )
 def test_paths_match_brute_force_after_any_history(ops: list[tuple], max_paths: int) -> None:  # type: ignore[type-arg]
