@@ -87,6 +87,8 @@ class Snapshot:
     noise_floor_dbm: float | None
     meters: list[MeterView] = field(default_factory=list)
     link_limits: LinkThresholds | None = None
+    alarms_total: int = 0  # alarm records spooled: pushes (last gasp, ...) and the collector's own
+    quarantined: int = 0  # payloads nobody could parse ("Malformed Payload")
 
 
 def eui64(text: str) -> bytes:
@@ -238,6 +240,7 @@ class Agent:
         self._keys: dict[str, MeterKeys] = {}
         self._sessions: SessionFactory | None = None
         self._state_stores: list[Quarantine | ProfileMarks] = []
+        self._final_quarantined = 0
         self._links: dict[str, MeterLink] = {}
         self._stop = asyncio.Event()
         self._final_spool_depth = 0
@@ -612,7 +615,16 @@ class Agent:
             else None,
             meters=meters,
             link_limits=self.stack.neighbours.limits if self.stack else None,
+            alarms_total=(self.collector.alarms_total if self.collector else 0)
+            + (self.pushes.stats.alarms if self.pushes else 0),
+            quarantined=self._quarantined(),
         )
+
+    def _quarantined(self) -> int:
+        if self.quarantine is None or self.spool is None:  # closed at shutdown, with the spool
+            return self._final_quarantined
+        self._final_quarantined = self.quarantine.total()
+        return self._final_quarantined
 
 
 async def run_agent(

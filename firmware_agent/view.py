@@ -14,6 +14,7 @@ from rich.text import Text
 
 from firmware_agent.agent import Agent, Snapshot
 from firmware_agent.clock import Clock
+from firmware_agent.collector.scheduler import MeterStatus
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 
 
@@ -44,6 +45,15 @@ def _link(nb: Neighbour | None, limits: LinkThresholds, now: float) -> Text:
     return Text(nb.snr_class(limits).value, style=colour)
 
 
+def _error(status: MeterStatus) -> Text:
+    """The last error by its operator name first (MAC Fail, Malformed Payload, a DLMS name)."""
+    if status.last_error is None:
+        return Text("")
+    name = status.last_error_name or ""
+    detail = status.last_error if not name else f"{name}: {status.last_error}"
+    return Text(detail[:48], style="red" if name == "MAC Fail" else "")
+
+
 def render(snap: Snapshot, rate: float, now: float) -> Group:
     """One frame of the view, built from a snapshot only (so it can be tested without a TTY)."""
     uplink = (
@@ -63,6 +73,11 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
         Text(f"readings/s {rate:.2f}"),
         Text(f"readings {snap.readings_total}  published {snap.published_records}"),
         Text(f"spool depth {snap.spool_depth}  noise floor {floor}"),
+    )
+    header.add_row(
+        Text(f"alarms {snap.alarms_total}", style="bold red" if snap.alarms_total else ""),
+        Text(f"quarantined {snap.quarantined}", style="yellow" if snap.quarantined else ""),
+        Text(""),
     )
     limits = snap.link_limits or LinkThresholds()
     table = Table(expand=True)
@@ -95,7 +110,7 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
             _fmt(nb.snr_db if nb else None),
             _fmt(nb.etx / 128 if nb and nb.etx is not None else None, ".2f"),
             _link(nb, limits, now),
-            (st.last_error or "")[:40],
+            _error(st),
         )
     return Group(header, table)
 

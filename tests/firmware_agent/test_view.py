@@ -38,6 +38,13 @@ def test_render_shows_every_meter_with_link_quality() -> None:
     bad = MeterStatus(
         "MTR-0002", reads_failed=2, last_attempt=990.0, last_error="LinkTimeout: no reply"
     )
+    secured = MeterStatus(
+        "MTR-0003",
+        reads_failed=1,
+        last_attempt=990.0,
+        last_error="CounterDesync: meter refused counter 17",
+        last_error_name="MAC Fail",
+    )
     snap = Snapshot(
         gateway_id="gateway-01",
         radio=RadioInfo((4, 3), "virtual-rcp/0.1", mac, ()),
@@ -52,7 +59,10 @@ def test_render_shows_every_meter_with_link_quality() -> None:
                 MeterConfig("MTR-0001", "mesh", "02:00:00:00:00:00:00:01"), ok, table.get(mac), 3
             ),
             MeterView(MeterConfig("MTR-0002", "udp", "192.0.2.7"), bad, None),
+            MeterView(MeterConfig("MTR-0003", "udp", "192.0.2.8"), secured, None),
         ],
+        alarms_total=3,
+        quarantined=1,
     )
     text = _text(snap, rate=1.5)
     assert "readings/s 1.50" in text and "spool depth 2" in text and "connected" in text
@@ -65,3 +75,6 @@ def test_render_shows_every_meter_with_link_quality() -> None:
     assert cells.count("ok") == 2  # the read state and the link's SNR class
     line2 = next(ln for ln in text.splitlines() if "MTR-0002" in ln)
     assert "failing" in line2 and "0/2" in line2 and "LinkTimeout" in line2
+    line3 = next(ln for ln in text.splitlines() if "MTR-0003" in ln)
+    assert "MAC Fail: CounterDesync" in line3  # the operator's name for it comes first
+    assert "alarms 3" in text and "quarantined 1" in text
