@@ -18,9 +18,9 @@ Three things make it fit an RF mesh:
 - **Isolation.** A group push reports one ``PushResult`` per meter; a meter that fails never stops
   the others.
 
-Requests are built by gurux's client (``read``/``method``/``write``) and driven through the
-session's ``Exchange`` (the same path reads take); ``session.py`` has no action/write exchange yet,
-so the three small builders below do it and can move there unchanged.
+Requests are the session's ``read_attribute``/``action``/``write`` exchanges (built by gurux's
+client, ciphered under suite 0), driven the way reads are; a retry after a lost frame sends the
+exchange's ``retry_frame()``, never the same ciphered bytes.
 """
 
 from __future__ import annotations
@@ -34,13 +34,12 @@ from enum import IntEnum
 from typing import Any
 
 from gurux_dlms.enums import DataType
-from gurux_dlms.objects import GXDLMSImageTransfer
 
 from ..clock import Clock
 from ..config import MeterConfig
 from . import obis
 from .link import LinkError, MeterLink
-from .session import DataAccessError, DlmsError, DlmsSession, Exchange, SessionStateError
+from .session import DataAccessError, DlmsError, DlmsSession, Exchange
 
 IC_IMAGE_TRANSFER = 18
 TEMPORARY_FAILURE = 2
@@ -156,51 +155,23 @@ class ThroughputLimit:
 # ---------------------------------------------------------------------------------- exchanges
 
 
-def _only(session: DlmsSession, frames: Any, what: str) -> bytes:
-    """The one request frame of ``frames``, through the session (which ciphers it under suite 0)."""
-    if frames and len(frames) > 1:
-        raise SessionStateError(
-            f"{what}: request split into {len(frames)} frames (block size too large for the "
-            "meter's PDU)"
-        )
-    return session._one(frames, what)
-
-
 def read_attribute(session: DlmsSession, logical_name: str, attribute: int) -> Exchange[Any]:
     """An IC 18 attribute as gurux decodes it (bit-string -> GXBitString, octets -> bytes)."""
-    target = f"IC 18 {logical_name} attr {attribute}"
-    request = _only(
-        session, session.client.read(GXDLMSImageTransfer(logical_name), attribute), target
-    )
-    return Exchange(session, request, target, lambda reply: reply.value)
+    return session.read_attribute(logical_name, IC_IMAGE_TRANSFER, attribute)
 
 
 def action(
-    session: DlmsSession,
-    logical_name: str,
-    method: int,
-    params: bytes | int,
-    class_id: int = IC_IMAGE_TRANSFER,
+    session: DlmsSession, logical_name: str, method: int, params: bytes | int
 ) -> Exchange[Any]:
-    """ACTION-Request-Normal: ``params`` is encoded A-XDR data (bytes) or an integer(8)."""
-    target = f"IC {class_id} {logical_name} method {method}"
-    item = GXDLMSImageTransfer(logical_name)
-    item.objectType = class_id
-    if isinstance(params, int):
-        frames = session.client.method(item, method, params, DataType.INT8)
-    else:
-        frames = session.client.method(item, method, params, DataType.STRUCTURE)
-    return Exchange(session, _only(session, frames, target), target, lambda reply: reply.value)
+    """An IC 18 method: ``params`` is encoded A-XDR data (bytes) or an integer(8)."""
+    return session.action(logical_name, method, params, IC_IMAGE_TRANSFER)
 
 
-def write_transfer_enabled(session: DlmsSession, logical_name: str, enabled: bool) -> Exchange[Any]:
+def write_transfer_enabled(
+    session: DlmsSession, logical_name: str, enabled: bool
+) -> Exchange[None]:
     """SET-Request-Normal of image_transfer_enabled (attribute 5)."""
-    item = GXDLMSImageTransfer(logical_name)
-    item.imageTransferEnabled = enabled
-    target = f"IC 18 {logical_name} attr 5 (set)"
-    return Exchange(
-        session, _only(session, session.client.write(item, 5), target), target, lambda r: None
-    )
+    return session.write(logical_name, 5, enabled, DataType.BOOLEAN, IC_IMAGE_TRANSFER)
 
 
 def _axdr_len(n: int) -> bytes:
@@ -282,7 +253,9 @@ class _Push:
         self.started = self.clock.monotonic()
         self.already_active = False
 
-    async def _request(self, frame: bytes) -> bytes:
+    async def _request(self, exchange: Exchange[Any], frame: bytes) -> bytes:
+        """Send ``frame`` within the limit; after a link failure the exchange's
+        ``retry_frame()`` (re-protected with a fresh invocation counter under suite 0)."""
         for attempt in range(self.retries + 1):
             await self.limit.take(len(frame))
             self.frame_bytes += len(frame)
@@ -291,12 +264,13 @@ class _Push:
             except LinkError:
                 if attempt == self.retries:
                     raise
+                frame = exchange.retry_frame()
         raise AssertionError("unreachable")
 
     async def run(self, exchange: Exchange[Any]) -> Any:
         frame: bytes | None = exchange.request
         while frame is not None:
-            frame = exchange.feed(await self._request(frame))
+            frame = exchange.feed(await self._request(exchange, frame))
         return exchange.result
 
     def _report(self) -> None:

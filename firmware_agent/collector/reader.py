@@ -119,17 +119,22 @@ class _Driver:
         self.timeout = timeout
         self.retries = retries
         self.round_trips = 0
+        self.resends = 0
         self.last_reply: bytes | None = None
 
     async def run(self, exchange: Exchange[T], timeout: float | None = None) -> T:
         frame: bytes | None = exchange.request
         while frame is not None:
-            reply = await self._request(frame, self.timeout if timeout is None else timeout)
+            reply = await self._request(
+                exchange, frame, self.timeout if timeout is None else timeout
+            )
             self.last_reply = reply
             frame = exchange.feed(reply)
         return exchange.result
 
-    async def _request(self, frame: bytes, timeout: float) -> bytes:
+    async def _request(self, exchange: Exchange[T], frame: bytes, timeout: float) -> bytes:
+        """Send ``frame``; after a timeout send the exchange's ``retry_frame()`` (under suite 0
+        the same request with a fresh invocation counter, never the same ciphered bytes)."""
         for attempt in range(self.retries + 1):
             self.round_trips += 1
             try:
@@ -137,6 +142,8 @@ class _Driver:
             except LinkTimeout:
                 if attempt == self.retries:
                     raise
+                self.resends += 1
+                frame = exchange.retry_frame()
         raise AssertionError("unreachable")
 
 

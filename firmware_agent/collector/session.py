@@ -27,10 +27,16 @@ from gurux_dlms import (
     GXDLMSExceptionResponse,
     GXReplyData,
 )
-from gurux_dlms.enums import Authentication, InterfaceType
-from gurux_dlms.objects import GXDLMSClock, GXDLMSData, GXDLMSProfileGeneric, GXDLMSRegister
+from gurux_dlms.enums import Authentication, DataType, InterfaceType
+from gurux_dlms.objects import (
+    GXDLMSClock,
+    GXDLMSObject,
+    GXDLMSProfileGeneric,
+    GXDLMSRegister,
+)
 
 from . import obis as obis_codes
+from .apdu_check import ApduShapeError, ResponseShape
 from .ciphering import (
     GLO_TAGS,
     SC_AUTHENTICATED_ENCRYPTION,
@@ -197,23 +203,42 @@ class CaptureColumn:
 
 class Exchange(Generic[T]):
     """One request and its reply frames. Send ``request``; pass each reply frame to ``feed``;
-    send what it returns; when it returns None, ``result`` holds the outcome."""
+    send what it returns; when it returns None, ``result`` holds the outcome.
+
+    The exchange keeps the *plain* frame of the request outstanding, so that a transport that
+    timed out can ask ``retry_frame()`` for it again: under suite 0 that is the same APDU
+    protected with a fresh invocation counter. Resending the ciphered bytes would be a replay to
+    a meter that processed the first copy and only the reply was lost, and it would answer
+    invocation-counter-error (a false "MAC Fail")."""
 
     def __init__(
         self,
         session: DlmsSession,
-        request: bytes,
+        plain: bytes,
         target: str,
         complete: Callable[[GXReplyData], T],
+        *,
+        protected: bytes | None = None,
     ) -> None:
         self._session = session
-        self.request = request
+        self._plain = plain
+        self.request = protected if protected is not None else session._outgoing(plain)
         self.target = target
         self._complete = complete
         self._reply = GXReplyData()
+        self._shape = ResponseShape()
         self._done = False
         self._result: T | None = None
         self.frames = 0
+        self.retries = 0
+
+    def retry_frame(self) -> bytes:
+        """The request outstanding now, to send again after a lost request or reply: the same
+        plain APDU, re-protected (a fresh invocation counter) when the session ciphers."""
+        if self._done:
+            raise SessionStateError(f"{self.target}: exchange already complete")
+        self.retries += 1
+        return self._session._outgoing(self._plain)
 
     @property
     def done(self) -> bool:
@@ -232,6 +257,10 @@ class Exchange(Generic[T]):
         self.frames += 1
         self._session._check_frame(frame)
         frame = self._session._incoming(frame)
+        try:
+            self._shape.check(parse_frame(frame)[1])
+        except ApduShapeError as exc:
+            raise MalformedReply(f"{self.target}: {exc}", frame) from None
         client = self._session.client
         reply = self._reply
         ok = _translate(lambda: client.getData(bytes(frame), reply, None), frame)
@@ -242,7 +271,8 @@ class Exchange(Generic[T]):
             raise DataAccessError(_name(DATA_ACCESS_RESULTS, code), code, self.target)
         if reply.isMoreData():
             nxt = _translate(lambda: client.receiverReady(reply), frame)
-            return self._session._outgoing(bytes(nxt))
+            self._plain = bytes(nxt)
+            return self._session._outgoing(self._plain)
         self._result = _translate(lambda: self._complete(reply), frame)
         self._done = True
         return None
@@ -291,6 +321,34 @@ def _to_datetime(value: object) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+class _Target(GXDLMSObject):  # type: ignore[misc]  # gurux is untyped
+    """The object gurux's ``read``/``method``/``write`` need: class id and logical name, and for
+    a write the value and its type (``DataType.STRUCTURE`` with bytes: pre-encoded A-XDR)."""
+
+    def __init__(
+        self,
+        class_id: int,
+        obis: str,
+        value: Any = None,
+        data_type: DataType = DataType.NONE,
+    ) -> None:
+        try:
+            super().__init__(class_id, obis)
+        except Exception as exc:  # gurux raises a bare Exception for a bad logical name
+            raise SessionStateError(f"logical name {obis!r}: {exc}") from None
+        self._value = value
+        self._type = data_type
+
+    def getValue(self, settings: Any, e: Any) -> Any:
+        return self._value
+
+    def getDataType(self, index: int) -> DataType:
+        return self._type
+
+    def getUIDataType(self, index: int) -> DataType:
+        return self._type
 
 
 # ---------------------------------------------------------------------------------- session
@@ -414,12 +472,16 @@ class DlmsSession:
                 frame,
             )
 
-    def _one(self, frames: Any, what: str) -> bytes:
+    @staticmethod
+    def _one(frames: Any, what: str) -> bytes:
+        """The one plain request frame gurux built (the exchange protects it)."""
         if not frames:
             raise SessionStateError(f"{what}: gurux produced no request (not associated?)")
         if len(frames) != 1:
-            raise SessionStateError(f"{what}: request split into {len(frames)} frames")
-        return self._outgoing(bytes(frames[0]))
+            raise SessionStateError(
+                f"{what}: request split into {len(frames)} frames (larger than the meter's PDU)"
+            )
+        return bytes(frames[0])
 
     # ------------------------------------------------------------------ association
 
@@ -448,17 +510,46 @@ class DlmsSession:
         self, obis: str, class_id: int = obis_codes.IC_REGISTER, attribute: int = 2
     ) -> Exchange[Any]:
         """Raw attribute value as gurux decodes it (no scaler applied; octet-string -> bytes)."""
-        obj = {
-            obis_codes.IC_REGISTER: GXDLMSRegister,
-            obis_codes.IC_DATA: GXDLMSData,
-            obis_codes.IC_CLOCK: GXDLMSClock,
-            obis_codes.IC_PROFILE_GENERIC: GXDLMSProfileGeneric,
-        }.get(class_id)
-        if obj is None:
-            raise SessionStateError(f"IC {class_id} is not supported by read_value")
+        return self.read_attribute(obis, class_id, attribute)
+
+    def read_attribute(self, obis: str, class_id: int, attribute: int) -> Exchange[Any]:
+        """GET-Request-Normal of any attribute of any interface class; the value as gurux
+        decodes it (bit-string -> GXBitString, octet-string -> bytes, structure -> list)."""
         target = f"IC {class_id} {obis} attr {attribute}"
-        request = self._one(self.client.read(obj(obis), attribute), target)
+        request = self._one(self.client.read(_Target(class_id, obis), attribute), target)
         return Exchange(self, request, target, lambda reply: reply.value)
+
+    def action(
+        self, obis: str, method: int, params: bytes | int = 0, class_id: int = obis_codes.IC_DATA
+    ) -> Exchange[Any]:
+        """ACTION-Request-Normal: ``params`` is encoded A-XDR Data (bytes, sent as they are) or
+        an integer(8) (the Blue Book's "data ::= integer(0)" of parameterless methods). The
+        result is the return parameter as gurux decodes it, or None."""
+        target = f"IC {class_id} {obis} method {method}"
+        if isinstance(params, bool) or not isinstance(params, int | bytes):
+            raise SessionStateError(f"{target}: parameters must be encoded bytes or an int")
+        kind = DataType.INT8 if isinstance(params, int) else DataType.STRUCTURE
+        request = self._one(
+            self.client.method(_Target(class_id, obis), method, params, kind), target
+        )
+        return Exchange(self, request, target, lambda reply: reply.value)
+
+    def write(
+        self,
+        obis: str,
+        attribute: int,
+        value: Any,
+        data_type: DataType | None = None,
+        class_id: int = obis_codes.IC_DATA,
+    ) -> Exchange[None]:
+        """SET-Request-Normal. Without ``data_type`` the value is encoded A-XDR Data (bytes,
+        sent as they are); with it, gurux encodes ``value`` as that type."""
+        target = f"IC {class_id} {obis} attr {attribute} (set)"
+        if data_type is None and not isinstance(value, bytes):
+            raise SessionStateError(f"{target}: a value without a data type must be encoded bytes")
+        item = _Target(class_id, obis, value, data_type or DataType.STRUCTURE)
+        request = self._one(self.client.write(item, attribute), target)
+        return Exchange(self, request, target, lambda reply: None)
 
     def read_scaler_unit(self, obis: str) -> Exchange[tuple[int, int]]:
         """Register attribute 3 as (scaler exponent, unit code)."""
@@ -606,10 +697,22 @@ class _HlsAssociation(Exchange[None]):
         self._sec = sec
         self._suite = suite
         plain = session._one(session.client.aarqRequest(), "AARQ")
-        initiate = _octets(_apdu_elements(parse_frame(plain)[1], 0x60)[0xBE], "user-information")
+        self._initiate = _octets(
+            _apdu_elements(parse_frame(plain)[1], 0x60)[0xBE], "user-information"
+        )
         self._ctos = sec.rng.randbytes(16)
+        self._step = "aare"
+        self._session = session
+        request = self._aarq()
+        super().__init__(session, request, "AARQ (HLS-GMAC)", lambda reply: None, protected=request)
+
+    def _aarq(self) -> bytes:
+        """The AARQ, its glo-initiate-request protected with a fresh invocation counter."""
+        sec, session = self._sec, self._session
         ic = sec.counters.reserve(sec.meter_id)
-        glo = protect(suite, initiate, sec.client_system_title, ic, sc=sec.security_control)
+        glo = protect(
+            self._suite, self._initiate, sec.client_system_title, ic, sc=sec.security_control
+        )
         body = (
             _tlv(0xA1, _tlv(0x06, _CONTEXT_LN_CIPHERED))
             + _tlv(0xA6, _tlv(0x04, sec.client_system_title))
@@ -618,9 +721,15 @@ class _HlsAssociation(Exchange[None]):
             + _tlv(0xAC, _tlv(0x80, self._ctos))
             + _tlv(0xBE, _tlv(0x04, glo))
         )
-        request = build_frame(session.client_address, session.server_address, _tlv(0x60, body))
-        super().__init__(session, request, "AARQ (HLS-GMAC)", lambda reply: None)
-        self._step = "aare"
+        return build_frame(session.client_address, session.server_address, _tlv(0x60, body))
+
+    def retry_frame(self) -> bytes:
+        """Before the AARE: the AARQ again with a fresh counter (the meter starts a new pending
+        association, with a new StoC). After it: the HLS proof action, re-protected."""
+        if self._step == "aare" and not self._done:
+            self.retries += 1
+            return self._aarq()
+        return super().retry_frame()
 
     def feed(self, frame: bytes) -> bytes | None:
         if self._done:
@@ -696,9 +805,8 @@ class _HlsAssociation(Exchange[None]):
             + proof
         )
         self._step = "proof"
-        return session._outgoing(
-            build_frame(session.client_address, session.server_address, action)
-        )
+        self._plain = build_frame(session.client_address, session.server_address, action)
+        return session._outgoing(self._plain)
 
     def _proof(self, apdu: bytes) -> None:
         sec = self._sec

@@ -479,7 +479,10 @@ class MeterServer:
         self.counters["ciphered-requests"] += 1
         assoc.general = u.service == GENERAL_GLO_CIPHERING
         plain = u.apdu
-        if not assoc.authenticated:
+        if not assoc.authenticated or _is_hls_reply(plain):
+            # A repeated reply_to_HLS_authentication (its answer was lost; the client retries
+            # with a fresh counter) is answered again rather than refused: the proof is the
+            # same f(StoC), checked again, and the client still needs f(CtoS).
             reply = self._hls_reply(client, assoc, plain, frame)
         elif plain[0] in (GET_REQUEST, SET_REQUEST, ACTION_REQUEST):
             reply = self._service(client, plain, frame)
@@ -512,8 +515,11 @@ class MeterServer:
             self._associations.pop(client, None)
             self._fault("hls-failed", str(exc), frame)
             return bytes([ACTION_RESPONSE, 1, invoke, OTHER_REASON, 0])
-        assoc.authenticated = True
-        self.counters["associations"] += 1
+        if assoc.authenticated:
+            self.counters["hls-repeated"] += 1
+        else:
+            assoc.authenticated = True
+            self.counters["associations"] += 1
         ic = self.send_counter
         self.send_counter = ic + 1
         answer = sec.suite.hls_response(sec.system_title, ic & 0xFFFFFFFF, assoc.ctos)
@@ -666,6 +672,16 @@ class MeterServer:
 
 
 # ---------------------------------------------------------------------------------- codecs
+
+
+_HLS_METHOD = struct.pack(">H", IC_ASSOCIATION_LN) + bytes([0, 0, 40, 0, 0, 255, 1])
+
+
+def _is_hls_reply(plain: bytes) -> bool:
+    """ACTION-Request-Normal of Association LN 0.0.40.0.0.255 method 1 (reply_to_HLS_...)."""
+    return (
+        len(plain) >= 13 and plain[:2] == bytes([ACTION_REQUEST, 1]) and plain[3:12] == _HLS_METHOD
+    )
 
 
 def _exception(state: int, service: int) -> bytes:

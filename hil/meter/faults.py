@@ -14,6 +14,9 @@ Fault kinds:
 - ``corrupt``: the real reply cut short at a random point, its header length patched so the frame
   itself is well formed and only the APDU is broken;
 - ``silence``: the request is lost: no processing, no reply;
+- ``lost-reply``: the meter serves the request (its counters, associations and objects move on)
+  and the reply is lost on the way back. Under suite 0 this is the case that matters: a
+  retry that resent the same ciphered bytes would be a replay to the meter;
 - ``slow``: the real reply, due ``delay_s`` later;
 - ``wrong-apdu``: a well-formed reply of another service (RLRE for an AARQ, an ACTION-Response for
   a GET, a GET-Response for anything else);
@@ -46,6 +49,7 @@ class FaultKind(StrEnum):
     GARBAGE = "garbage"
     CORRUPT = "corrupt"
     SILENCE = "silence"
+    LOST_REPLY = "lost-reply"
     SLOW = "slow"
     WRONG_APDU = "wrong-apdu"
     DESYNC = "desync"
@@ -150,6 +154,9 @@ class FaultyMeter:
             return self._serve(frame)
         self.counters[fault.kind.value] += 1
         if fault.kind == FaultKind.SILENCE:
+            return None
+        if fault.kind == FaultKind.LOST_REPLY:
+            self.server.handle(frame)
             return None
         if fault.kind == FaultKind.DESYNC:
             self.server.desync_counters(client=self.server.client_counter + DESYNC_JUMP)
