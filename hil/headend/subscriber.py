@@ -1,18 +1,21 @@
-"""A minimal head end: subscribes to every gateway's readings and status over mTLS and keeps what
-it receives, so end-to-end tests can assert on what really arrived at the far side of the broker.
+"""One head-end worker: subscribes to every gateway's readings and status over mTLS with the head
+end's own certificate, and keeps what it receives.
 
-Why a separate store class: the head-end simulator grows a readings API (seed 002 document) on top
-of the same storage; the MQTT side only feeds ``ReadingStore``.
+Why shared subscriptions: a real head end scales out by running several workers behind one
+subscription; with MQTT v5 ``$share/<group>/<filter>`` the broker hands each message to one worker
+of the group. Each worker feeds its in-memory ``ReadingStore`` (tests wait on it) and, when given
+one, the shared ``HeadEndDb`` where duplicates are dropped for all workers at once. Status topics
+are subscribed without sharing: they are retained, and the broker sends retained messages to
+plain subscriptions only (MQTT v5 §4.8.2).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 import threading
-import time
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -22,101 +25,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware_agent.uplink import payloads
+from hil.headend.db import HeadEndDb
+from hil.headend.store import HeadEndError, InvalidMessage, ReadingStore
 from hil.pki import CertPair, Pki
 
 log = logging.getLogger("hil.headend")
-
-
-class HeadEndError(Exception):
-    """The head end could not connect or subscribe, or a wait timed out."""
-
-
-@dataclass(frozen=True)
-class InvalidMessage:
-    topic: str
-    error: str
-    payload: bytes
-
-
-@dataclass
-class ReadingStore:
-    """Received readings, de-duplicated by natural key, plus gateway status and rejects.
-
-    Thread-safe: paho's network thread writes, tests read."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[payloads.ReadingsMessage] = field(default_factory=list)
-    duplicates: int = 0
-    status: dict[str, payloads.StatusMessage] = field(default_factory=dict)
-    status_history: list[payloads.StatusMessage] = field(default_factory=list)
-    invalid: list[InvalidMessage] = field(default_factory=list)
-    _keys: set[str] = field(default_factory=set, repr=False, compare=False)
-    _cond: threading.Condition = field(
-        default_factory=threading.Condition, repr=False, compare=False
-    )
-
-    def add_readings(self, msg: payloads.ReadingsMessage) -> int:
-        """Keep a message's new records; returns how many were new."""
-        with self._cond:
-            self.messages.append(msg)
-            new = 0
-            for rec in msg.records:
-                key = rec["natural_key"]
-                if key in self._keys:
-                    self.duplicates += 1
-                    continue
-                self._keys.add(key)
-                self.records.append(
-                    {**rec, "message_id": msg.message_id, "gateway_id": msg.gateway_id}
-                )
-                new += 1
-            self._cond.notify_all()
-            return new
-
-    def add_status(self, msg: payloads.StatusMessage) -> None:
-        with self._cond:
-            self.status[msg.gateway_id] = msg
-            self.status_history.append(msg)
-            self._cond.notify_all()
-
-    def add_invalid(self, item: InvalidMessage) -> None:
-        with self._cond:
-            self.invalid.append(item)
-            self._cond.notify_all()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._cond:
-            return list(self.records)
-
-    def wait_for(self, n: int, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.records) < n:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise HeadEndError(
-                        f"head end has {len(self.records)} of {n} records after {timeout} s "
-                        f"({self.duplicates} duplicates, {len(self.invalid)} invalid messages)"
-                    )
-                self._cond.wait(remaining)
-            return list(self.records)
-
-    def wait_for_status(
-        self, gateway_id: str, state: str, timeout: float
-    ) -> payloads.StatusMessage:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                st = self.status.get(gateway_id)
-                if st is not None and st.state == state:
-                    return st
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise HeadEndError(
-                        f"{gateway_id} not {state!r} after {timeout} s "
-                        f"(last: {st.state if st else 'none'})"
-                    )
-                self._cond.wait(remaining)
 
 
 def _client_context(ca_file: str, pair: CertPair) -> ssl.SSLContext:
@@ -140,7 +53,11 @@ class HeadEnd:
         client_id: str = "headend",
         store: ReadingStore | None = None,
         timeout: float = 10.0,
+        shared_group: str | None = None,
+        db: HeadEndDb | None = None,
     ) -> None:
+        if shared_group is not None:
+            payloads.check_topic_level("shared_group", shared_group)
         self.host = host
         self.port = port
         self.pki = pki
@@ -148,6 +65,8 @@ class HeadEnd:
         self.client_id = client_id
         self.store = store or ReadingStore()
         self.timeout = timeout
+        self.shared_group = shared_group
+        self.db = db
         self._client: paho.Client | None = None
         self._subscribed = threading.Event()
         self._error = ""
@@ -207,10 +126,16 @@ class HeadEnd:
         # Re-subscribe on every (re)connect: the session is clean.
         client.subscribe(
             [
-                (payloads.readings_filter(self.topic_prefix), 1),
+                (self.readings_subscription, 1),
                 (payloads.status_filter(self.topic_prefix), 1),
             ]
         )
+
+    @property
+    def readings_subscription(self) -> str:
+        """The readings filter, inside ``$share/<group>/`` when workers share the load."""
+        flt = payloads.readings_filter(self.topic_prefix)
+        return flt if self.shared_group is None else f"$share/{self.shared_group}/{flt}"
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._subscribed.clear()
@@ -234,6 +159,11 @@ class HeadEnd:
                     raise payloads.PayloadError(
                         "gateway_id", f"{readings.gateway_id!r} published on {msg.topic!r}"
                     )
+                if self.db is not None:
+                    try:
+                        self.db.ingest(readings, self.client_id)
+                    except sqlite3.Error as e:  # never kill paho's thread; say what was lost
+                        raise payloads.PayloadError("store", f"not stored: {e}") from e
                 self.store.add_readings(readings)
             elif kind == "status":
                 status = payloads.decode_status(bytes(msg.payload))
@@ -247,6 +177,8 @@ class HeadEnd:
         except payloads.PayloadError as e:
             log.warning("head end: invalid message on %s: %s", msg.topic, e)
             self.store.add_invalid(InvalidMessage(msg.topic, str(e), bytes(msg.payload)))
+            if self.db is not None:
+                self.db.count_invalid()
 
     # -- waiting ----------------------------------------------------------------------------
     def wait_subscribed(self, timeout: float = 10.0) -> None:
