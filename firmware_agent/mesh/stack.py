@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -214,13 +215,56 @@ class MeshStack:
             self._feed_link(next_hop)
         return result
 
-    def _on_ack(self, peer: bytes, ack_psdu: bytes) -> None:
+    def _on_ack(self, peer: bytes, ack_psdu: bytes) -> float | None:
         try:
             rsl = frames.find_rsl(frames.decode(ack_psdu))
         except frames.FrameError:
-            return
+            return None
         if rsl is not None:
             self.neighbours.reported_rsl(peer, rsl, self.clock.now())
+        return rsl
+
+    async def probe(self, mac: bytes, count: int = 4, spacing_s: float = 0.05) -> ProbeResult:
+        """Measure the link to neighbour ``mac`` in both directions now (the diag API's active
+        SNR check): ``count`` ICMPv6 echo requests to its link-local address, one frame each,
+        sent once (no MAC retries, so every attempt counts)."""
+        if count < 1:
+            raise ValueError(f"probe count must be at least 1, got {count}")
+        src, dst = self.link_local, ipv6.link_local(mac)
+        rssi: list[int] = []
+        rsl: list[float] = []
+        acked = 0
+        for n in range(count):
+            body = struct.pack("!HH", 0x7A7A, n) + b"probe"
+            icmp = ipv6.encode_icmpv6(src, dst, ICMPV6_ECHO_REQUEST, 0, body)
+            packet = ipv6.Ipv6Packet(src, dst, ipv6.ICMPV6, icmp, hop_limit=1)
+            [mac_payload] = self.adaptation.encode(packet, self.hwaddr, mac)
+            self._seq = (self._seq + 1) & 0xFF
+            psdu = frames.encode(
+                frames.data_frame(self._seq, self.pan_id, mac, self.hwaddr, mac_payload)
+            )
+            async with self._tx_lock:
+                result = await self.radio.transmit(psdu)
+            self.stats.frames_tx += 1
+            ok = result.status == TxStatus.ACKED
+            self.neighbours.transmitted(mac, 1, ok)
+            if ok:
+                acked += 1
+                if result.ack_rssi_dbm is not None:
+                    rssi.append(result.ack_rssi_dbm)
+                    self.neighbours.heard(
+                        mac, result.ack_rssi_dbm, result.ack_lqi or 0, self.channel,
+                        self.clock.now(),
+                    )  # fmt: skip
+                if result.ack_psdu is not None:
+                    reported = self._on_ack(mac, result.ack_psdu)
+                    if reported is not None:
+                        rsl.append(reported)
+            if n + 1 < count:
+                await asyncio.sleep(spacing_s)
+        self._feed_link(mac)
+        floor = self.neighbours.noise_floor(self.channel)
+        return ProbeResult(mac, count, acked, tuple(rssi), tuple(rsl), floor)
 
     async def _send_rpl(self, out: Outgoing) -> None:
         if ipv6.is_multicast(out.dst):
@@ -405,6 +449,37 @@ class MeshStack:
             except RadioError as exc:
                 log.warning("noise-floor measurement failed: %s", exc)
             await asyncio.sleep(interval_s)
+
+
+ICMPV6_ECHO_REQUEST = 128
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The active check of one link: probes sent to a neighbour and what came back.
+
+    Both directions from one exchange: the RSSI of each ack is how well we hear the neighbour,
+    the RSL IE in the ack is how well it hears our probe. ``snr_out_db`` uses *our* noise floor
+    for the neighbour's side (it does not report its own), so it is an estimate."""
+
+    mac: bytes
+    sent: int
+    acked: int
+    ack_rssi_dbm: tuple[int, ...]
+    rsl_out_dbm: tuple[float, ...]
+    noise_floor_dbm: float | None
+
+    @property
+    def snr_in_db(self) -> float | None:
+        if not self.ack_rssi_dbm or self.noise_floor_dbm is None:
+            return None
+        return sum(self.ack_rssi_dbm) / len(self.ack_rssi_dbm) - self.noise_floor_dbm
+
+    @property
+    def snr_out_db(self) -> float | None:
+        if not self.rsl_out_dbm or self.noise_floor_dbm is None:
+            return None
+        return sum(self.rsl_out_dbm) / len(self.rsl_out_dbm) - self.noise_floor_dbm
 
 
 class MeshDatagramLink:
