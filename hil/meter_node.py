@@ -20,6 +20,16 @@ Power: :meth:`MeterNode.set_power` switches the node off — silent, its RPL sta
 reassemblies gone — and on again, when it joins from scratch like a meter after an outage. A
 ``Medium.power`` call behind its back is noticed at the node's next timer (then it watches for
 the power to come back every few seconds); ``set_power`` is exact.
+
+Pushes (``pushes=NodePushes(...)``): on ``set_power(False)`` a joined node first sends a last
+gasp (a DataNotification in WRAPPER, UDP to the gateway's port 4059, one frame to its preferred
+parent) and goes dark once the MAC is done with it or its supercap runs out
+(``LAST_GASP_ENERGY_S``), whichever is first: no retries beyond the MAC's, no other parent. It
+serves nothing meanwhile. After power returns and it has rejoined (a parent and an address), it
+sends a power-restored push the ordinary way.
+
+The DLMS side may be a plain ``bytes -> bytes | None`` callable, a ``MeterServer``, or a
+``FaultyMeter``, whose replies may carry a delay (added to ``reply_delay_s`` on the scheduler).
 """
 
 from __future__ import annotations
@@ -35,21 +45,51 @@ from firmware_agent.mesh.adaptation import LowpanAdaptation, parse_packet, rpl_p
 from firmware_agent.mesh.frames import Frame
 from firmware_agent.mesh.ipv6 import Ipv6Packet, PacketError, UdpDatagram
 from hil.medium import InstantScheduler, Medium, Scheduler, TimerHandle
+from hil.meter.dlms_server import MeterServer
+from hil.meter.faults import FaultyMeter, Reply
+from hil.meter.push import PushSource
 from hil.node.forward import Verdict, decide, is_link_local
 from hil.node.mac import BROADCAST, MacConfig, NodeMac, TxResult
 from hil.node.rpl_node import RplConfig, RplNode, RplSend, Via
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DLMS_PORT", "MeterNode", "NodeConfig", "NodeStats", "Scheduler", "UdpHandler"]
+__all__ = [
+    "DLMS_PORT",
+    "LAST_GASP_ENERGY_S",
+    "MeterNode",
+    "NodeConfig",
+    "NodePushes",
+    "NodeStats",
+    "Scheduler",
+    "UdpHandler",
+]
 
 DLMS_PORT = 4059
+#: How long a meter's supercap keeps its radio up after mains fails: time for one frame, its
+#: CSMA backoffs and the MAC's retries, not for a second attempt through another parent.
+LAST_GASP_ENERGY_S = 0.5
 #: How often a node the medium switched off behind its back looks whether power is back.
 POWER_POLL_S = 5.0
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
 
 UdpHandler = Callable[[bytes, bytes, UdpDatagram], None]
 """(source address, the address it was sent to, datagram) for a datagram on a bound port."""
+
+Dlms = Callable[[bytes], bytes | None] | MeterServer | FaultyMeter
+"""What answers the node's DLMS datagrams."""
+
+
+@dataclass
+class NodePushes:
+    """Where and with what a node pushes its power events. ``meter_time`` is the meter's clock
+    (UNIX s) for the notification's time stamp; ``gateway``: the push destination's IPv6
+    address (default: the DODAG root's, i.e. the gateway's)."""
+
+    source: PushSource
+    meter_time: Callable[[], float]
+    gateway: bytes | None = None
+    port: int = DLMS_PORT
 
 
 @dataclass(frozen=True)
@@ -77,6 +117,10 @@ class NodeStats:
     send_failures: int = 0  # own packets (replies, DAOs, ...) no next hop took
     rx_errors: int = 0  # 6LoWPAN/IPv6/UDP/RPL payloads that did not decode
     power_cycles: int = 0
+    last_gasps: int = 0  # last-gasp frames sent as power failed
+    last_gasps_acked: int = 0  # ... that the parent acked before the node went dark
+    restored_pushes: int = 0  # power-restored pushes sent after rejoining
+    push_failures: int = 0  # restored pushes no next hop took
 
 
 def _default_scheduler(medium: Medium) -> Scheduler:
@@ -98,18 +142,21 @@ class MeterNode:
         self,
         eui64: bytes,
         medium: Medium,
-        dlms: Callable[[bytes], bytes | None],
+        dlms: Dlms,
         scheduler: Scheduler | None = None,
         *,
         channel: int = 0,
         config: NodeConfig | None = None,
         rng: random.Random | None = None,
+        pushes: NodePushes | None = None,
     ) -> None:
         if len(eui64) != 8:
             raise ValueError(f"EUI-64 must be 8 bytes, got {eui64.hex()}")
         self.eui64 = eui64
         self.medium = medium
         self.dlms = dlms
+        self._respond = _responder(dlms)
+        self.pushes = pushes
         self.scheduler = scheduler if scheduler is not None else _default_scheduler(medium)
         self.channel = channel
         self.config = config or NodeConfig()
@@ -119,6 +166,8 @@ class MeterNode:
         self.link_local = ipv6.link_local(eui64)
         self.stats = NodeStats()
         self.powered = True
+        self.dying = False  # mains gone, the supercap still powers the radio (last gasp)
+        self._restore_pending = False
         self.mac = NodeMac(
             self,
             medium,
@@ -195,13 +244,75 @@ class MeterNode:
         if at is not None and at > self.scheduler.time():
             self.scheduler.call_at(at, self.set_power, on)
             return
+        if self.dying:
+            self._dark(self._epoch)  # mains back (or off again) before the supercap ran out
         if on == self.powered:
             return
+        if not on and self._last_gasp():
+            return  # dark once the frame is done
         self.medium.power(self, on)
         if on:
             self._power_up()
         else:
             self._power_down()
+
+    def _last_gasp(self) -> bool:
+        """Send the last gasp to the preferred parent and stay on the air just for it; False
+        when there is nothing to send it with (no pushes configured, not joined)."""
+        pushes, node = self.pushes, self.rpl
+        parent, src = node.preferred_parent, node.address
+        gateway = pushes.gateway if pushes is not None else None
+        if gateway is None and node.dodag is not None:
+            gateway = node.dodag.dodag_id
+        if pushes is None or parent is None or src is None or gateway is None:
+            return False
+        frame = pushes.source.last_gasp(pushes.meter_time())
+        packet = udp_packet(src, gateway, DLMS_PORT, pushes.port, frame)
+        self.powered = False
+        self.dying = True
+        self._epoch += 1  # pending replies and the RPL timer are void
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, math.inf
+        epoch = self._epoch
+        self.stats.last_gasps += 1
+
+        def done(result: TxResult) -> None:
+            if result is TxResult.DONE and epoch == self._epoch:
+                self.stats.last_gasps_acked += 1
+            self._dark(epoch)
+
+        self.scheduler.call_at(self.scheduler.time() + LAST_GASP_ENERGY_S, self._dark, epoch)
+        self._send_to(packet, parent, done)
+        return True
+
+    def _dark(self, epoch: int) -> None:
+        """The supercap is spent (or the last gasp is out): off the air, state lost."""
+        if epoch != self._epoch or not self.dying:
+            return
+        self.dying = False
+        self.medium.power(self, False)
+        self._power_down()
+
+    def _push_restored(self) -> None:
+        pushes, node = self.pushes, self.rpl
+        self._restore_pending = False
+        if pushes is None:
+            return
+        gateway = pushes.gateway
+        if gateway is None and node.dodag is not None:
+            gateway = node.dodag.dodag_id
+        if gateway is None:
+            return
+        frame = pushes.source.power_restored(pushes.meter_time())
+        self.stats.restored_pushes += 1
+        sent = self.send_udp(gateway, DLMS_PORT, pushes.port, frame, on_done=self._restored_sent)
+        if not sent:
+            self.stats.push_failures += 1
+
+    def _restored_sent(self, ok: bool) -> None:
+        if not ok:
+            self.stats.push_failures += 1
 
     def _power_down(self) -> None:
         self.powered = False
@@ -216,6 +327,7 @@ class MeterNode:
         self.powered = True
         self._epoch += 1
         self.stats.power_cycles += 1
+        self._restore_pending = self.pushes is not None
         self._boot()
 
     def _medium_powered(self) -> bool:
@@ -252,13 +364,15 @@ class MeterNode:
     # --- the medium's side ---------------------------------------------------------------------
 
     def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
-        if not self.powered:
+        if not self.powered and not self.dying:
             return None
-        return self.mac.on_air_frame(psdu, rssi_dbm, lqi, channel)
+        return self.mac.on_air_frame(psdu, rssi_dbm, lqi, channel)  # dying: for the ack
 
     # --- receive -------------------------------------------------------------------------------
 
     def _on_frame(self, frame: Frame) -> None:
+        if self.dying:
+            return  # the supercap is for the last gasp, not for serving or forwarding
         src = frame.src
         assert src is not None and frame.dst is not None  # the MAC passes only such frames
         now = self.scheduler.time()
@@ -329,12 +443,13 @@ class MeterNode:
 
     def _on_dlms(self, src: bytes, dst: bytes, datagram: UdpDatagram) -> None:
         self.stats.requests += 1
-        answer = self.dlms(datagram.payload)
-        if answer is None:
+        reply = self._respond(datagram.payload)
+        if reply is None:
             return
+        answer = reply.frame
         epoch = self._epoch
         self.scheduler.call_at(
-            self.scheduler.time() + self.config.reply_delay_s,
+            self.scheduler.time() + self.config.reply_delay_s + reply.delay_s,
             self._reply,
             epoch,
             dst,
@@ -406,6 +521,8 @@ class MeterNode:
         self.mac.send(mac, payloads, on_done)
 
     def _on_frame_result(self, dst: bytes, attempts: int, acked: bool) -> None:
+        if not self.powered:
+            return  # the last gasp's frame: the RPL state is about to go
         self._run(self.rpl.tx_result(dst, attempts, acked, self.scheduler.time()))
 
     # --- RPL plumbing --------------------------------------------------------------------------
@@ -428,6 +545,8 @@ class MeterNode:
             if address is not None:
                 self._own.add(address)
             self._address = address
+        if self._restore_pending and self.rpl.joined and address is not None:
+            self._push_restored()
         self._reschedule()
 
     def _own_sent(self, ok: bool) -> None:
@@ -455,6 +574,19 @@ class MeterNode:
         now = max(self.scheduler.time(), at)
         self.adaptation.expire(now)
         self._run(self.rpl.poll(now))
+
+
+def _responder(dlms: Dlms) -> Callable[[bytes], Reply | None]:
+    """The DLMS side as one shape: a request in, a reply with its delay (or None) out."""
+    if isinstance(dlms, FaultyMeter):
+        return dlms.respond
+    handle = dlms.handle if isinstance(dlms, MeterServer) else dlms
+
+    def respond(frame: bytes) -> Reply | None:
+        answer = handle(frame)
+        return None if answer is None else Reply(answer)
+
+    return respond
 
 
 def _as_bool(on_done: Callable[[bool], None] | None) -> Callable[[TxResult], None] | None:
