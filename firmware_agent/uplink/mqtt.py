@@ -15,7 +15,21 @@ Why it is built this way:
 * Failures are told apart, because the operator's fix differs: broker unreachable, TLS handshake
   failed (e.g. server certificate not trusted), client certificate rejected (with TLS 1.3 the
   broker checks our certificate after the handshake, so it shows up as "connection lost before
-  CONNACK"), not authorised (CONNACK reason code), publish refused (PUBACK reason code).
+  CONNACK"), client certificate expired / not yet valid, the broker's certificate not valid at
+  our time (the clock: seed 000's "Certificate Validation Failed"), not authorised (CONNACK
+  reason code), publish refused (PUBACK reason code), paho's network loop died or stalled, and
+  the system clock off by more than five minutes (clockcheck.py says how we know).
+* Supervision: paho's network thread is checked on every pump turn; if it has died (an exception
+  escaped it) or the in-flight window has not moved for ``stall_timeout_s``, the connection is
+  torn down and re-made with backoff, and every in-flight record goes back to pending.
+* Commands (MQTT v5 request/response): the uplink subscribes to ``<prefix>/<gw>/cmd/+``, checks
+  each request at the transport level (requests.py), runs the injected handler as its own task
+  (bounded concurrency, timeout) and publishes the reply, QoS 1, to the Response Topic with the
+  same Correlation Data. Replies wait in memory until their PUBACK and are re-sent after a
+  reconnect until they expire (the requester owns retries beyond that).
+* Unsolicited messages (CIM outage/restoration REPLY, ...) go through the spool as event records
+  (``payloads.event_record``, priority ALARM) and are published one per message on
+  ``<prefix>/<gw>/events/<kind>``: as durable as readings, deleted only after their own PUBACK.
 """
 
 from __future__ import annotations
@@ -28,20 +42,43 @@ import logging
 import random
 import socket
 import ssl
+import threading
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from firmware_agent.clock import Clock
 from firmware_agent.config import UplinkConfig
 from firmware_agent.spool import Spool, SpoolRecord
 from firmware_agent.uplink import payloads
-from firmware_agent.uplink.tls import build_ssl_context, expiry_warning, read_validity
+from firmware_agent.uplink.clockcheck import DEFAULT_LIMIT_S, ClockSkewCheck, parse_reference_time
+from firmware_agent.uplink.requests import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    CommandHandler,
+    CommandRequest,
+    CommandResponse,
+    RejectReason,
+    RequestRejected,
+    build_request,
+    command_filter,
+    error_response,
+)
+from firmware_agent.uplink.tls import (
+    CertValidity,
+    build_ssl_context,
+    check_gateway_identity,
+    expiry_warning,
+    read_validity,
+    validity_problem,
+)
 
 log = logging.getLogger("firmware_agent.uplink")
 
@@ -50,11 +87,17 @@ log = logging.getLogger("firmware_agent.uplink")
 class UplinkErrorKind(enum.Enum):
     BROKER_UNREACHABLE = "broker unreachable"
     TLS_HANDSHAKE_FAILED = "TLS handshake failed"
+    CERT_VALIDATION_FAILED = "certificate validation failed"
     CLIENT_CERT_REJECTED = "client certificate rejected"
+    CLIENT_CERT_EXPIRED = "client certificate expired"
+    CLIENT_CERT_NOT_YET_VALID = "client certificate not yet valid"
+    CLOCK_SKEW = "system clock off"
     NOT_AUTHORISED = "not authorised"
     CONNACK_REFUSED = "connection refused by the broker"
     CONNACK_TIMEOUT = "no CONNACK"
     CONNECTION_LOST = "connection lost"
+    LOOP_DIED = "network loop died"
+    LOOP_STALLED = "network loop stalled"
     PUBLISH_REFUSED = "publish refused"
 
 
@@ -78,6 +121,32 @@ class TlsHandshakeFailed(UplinkError):
 
 class ClientCertRejected(UplinkError):
     kind = UplinkErrorKind.CLIENT_CERT_REJECTED
+
+
+class CertValidationFailed(TlsHandshakeFailed):
+    """The broker's certificate is not valid at the gateway's time: usually the clock."""
+
+    kind = UplinkErrorKind.CERT_VALIDATION_FAILED
+
+
+class ClientCertExpired(ClientCertRejected):
+    kind = UplinkErrorKind.CLIENT_CERT_EXPIRED
+
+
+class ClientCertNotYetValid(ClientCertRejected):
+    kind = UplinkErrorKind.CLIENT_CERT_NOT_YET_VALID
+
+
+class ClockSkew(UplinkError):
+    kind = UplinkErrorKind.CLOCK_SKEW
+
+
+class LoopDied(UplinkError):
+    kind = UplinkErrorKind.LOOP_DIED
+
+
+class LoopStalled(UplinkError):
+    kind = UplinkErrorKind.LOOP_STALLED
 
 
 class NotAuthorised(UplinkError):
@@ -119,17 +188,44 @@ _CLIENT_CERT_ALERTS = (
 _NOT_AUTHORISED_CODES = {0x86, 0x87, 0x8A, 0x8C}
 
 
-def classify_connect_error(exc: BaseException, where: str) -> UplinkError:
-    """Turn what ``connect()`` raised into one of our typed errors."""
+# OpenSSL verify codes: the peer's certificate is outside its validity period at our time.
+_X509_V_ERR_CERT_NOT_YET_VALID = 9
+_X509_V_ERR_CERT_HAS_EXPIRED = 10
+
+
+def _utc(t: float) -> str:
+    return payloads.iso_utc(t)[:19] + "Z"
+
+
+def classify_connect_error(exc: BaseException, where: str, now: float | None = None) -> UplinkError:
+    """Turn what ``connect()`` raised into one of our typed errors (``now``: the gateway's
+    clock, quoted when a certificate's validity period is the problem)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in (
+        _X509_V_ERR_CERT_NOT_YET_VALID,
+        _X509_V_ERR_CERT_HAS_EXPIRED,
+    ):
+        at = f" (gateway time {_utc(now)})" if now is not None else ""
+        return CertValidationFailed(
+            f"the certificate of {where} is {exc.verify_message}{at}: if the broker's "
+            "certificate is current, the gateway's clock is off by more than its validity "
+            "margin — synchronise it (NTP); seed 000: drift over five minutes fails TLS"
+        )
     if isinstance(exc, ssl.SSLCertVerificationError):
         return TlsHandshakeFailed(
             f"server certificate of {where} not accepted: {exc.verify_message or exc}"
         )
     if isinstance(exc, ssl.SSLError):
         text = f"{exc.reason or ''} {exc}".upper()
+        if "ALERT_CERTIFICATE_EXPIRED" in text:
+            return ClientCertExpired(
+                f"{where} refused our client certificate as expired "
+                f"during the TLS handshake ({exc.reason or exc})"
+            )
         if any(a in text for a in _CLIENT_CERT_ALERTS):
-            return ClientCertRejected(f"{where} refused our client certificate during the "
-                                      f"TLS handshake ({exc.reason or exc})")
+            return ClientCertRejected(
+                f"{where} refused our client certificate during the "
+                f"TLS handshake ({exc.reason or exc})"
+            )
         return TlsHandshakeFailed(f"with {where}: {exc.reason or exc}")
     if isinstance(exc, ConnectionRefusedError):
         return BrokerUnreachable(f"connection refused by {where}")
@@ -142,11 +238,37 @@ def classify_connect_error(exc: BaseException, where: str) -> UplinkError:
     return BrokerUnreachable(f"{where}: {type(exc).__name__}: {exc}")
 
 
+def classify_lost_before_connack(
+    detail: str, validity: CertValidity | None, now: float
+) -> UplinkError:
+    """TLS 1.3: the broker judged our certificate after the handshake and hung up before CONNACK.
+    Tell expired / not-yet-valid (by our clock, or by the alert paho logged) from the rest."""
+    problem = validity_problem(validity, now) if validity is not None else None
+    text = detail.upper()
+    if problem == "expired" or "CERTIFICATE EXPIRED" in text or "CERTIFICATE_EXPIRED" in text:
+        until = f" on {validity.not_after:%Y-%m-%d %H:%M} UTC" if validity is not None else ""
+        return ClientCertExpired(
+            f"{LOST_BEFORE_CONNACK}: our certificate expired{until}{detail}; renew it"
+        )
+    if problem == "not yet valid":
+        assert validity is not None
+        return ClientCertNotYetValid(
+            f"{LOST_BEFORE_CONNACK}: our certificate is valid only from "
+            f"{validity.not_before:%Y-%m-%d %H:%M} UTC, gateway time is {_utc(now)}{detail}; "
+            "check the system clock"
+        )
+    return ClientCertRejected(f"{LOST_BEFORE_CONNACK}{detail}")
+
+
 def classify_connack(code: ReasonCode, where: str) -> UplinkError:
     name = f"{code} (0x{code.value:02X})"
     if code.value in _NOT_AUTHORISED_CODES:
         return NotAuthorised(f"{where} refused the connection: {name}")
     return ConnackRefused(f"{where}: {name}")
+
+
+def _publish_props() -> Properties:
+    return Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
 
 
 # -- backoff (pure) ---------------------------------------------------------------------------
@@ -173,7 +295,15 @@ class UplinkTuning:
     connack_timeout_s: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES
-    poll_interval_s: float = 1.0  # re-check the spool even without a wake-up
+    poll_interval_s: float = 1.0  # re-check the spool (and paho's thread) even without a wake-up
+    stall_timeout_s: float = 60.0  # in-flight messages with no PUBACK this long: loop stalled
+    command_timeout_s: float = 300.0  # a handler taking longer gets a handler-timeout reply
+    max_concurrent_commands: int = 16
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    response_ttl_s: float = 300.0  # unacknowledged replies are re-sent until this old
+    max_pending_responses: int = 256
+    clock_skew_limit_s: float = DEFAULT_LIMIT_S
+    cert_warning_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -189,6 +319,15 @@ class UplinkStats:
     connections: int
     tls_version: str  # negotiated protocol of the current/last connection, e.g. "TLSv1.3"
     cert_warning: str
+    events_published: int = 0
+    commands_received: int = 0
+    commands_answered: int = 0  # replies PUBACKed by the broker
+    commands_rejected: dict[str, int] = field(default_factory=dict)  # RejectReason value → n
+    responses_pending: int = 0
+    responses_expired: int = 0
+    clock_offset_s: float | None = None  # our clock minus the head end's (upper bound)
+    clock_warning: str = ""
+    loop_restarts: int = 0  # connections torn down because paho's loop died or stalled
 
 
 @dataclass
@@ -196,6 +335,7 @@ class _Batch:
     ids: list[str]
     message_id: str
     n_bytes: int
+    event: bool = False
 
 
 @dataclass
@@ -215,6 +355,17 @@ class _Session:
     status_acked: asyncio.Event = field(default_factory=asyncio.Event)
     last_log_error: str = ""
     error: UplinkError | None = None
+    last_progress: float = 0.0  # loop time of the last PUBACK / CONNACK
+    response_mids: dict[int, int] = field(default_factory=dict)  # mid → response token
+    responses_sent: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Response:
+    topic: str
+    payload: bytes
+    props: Properties
+    expires_at: float  # loop time
 
 
 class Uplink:
@@ -229,6 +380,7 @@ class Uplink:
         *,
         rng: random.Random | None = None,
         tuning: UplinkTuning | None = None,
+        command_handler: CommandHandler | None = None,
     ) -> None:
         payloads.check_topic_level("gateway_id", gateway_id)
         if cfg.max_inflight < 1:
@@ -241,6 +393,10 @@ class Uplink:
         self._clock = clock
         self._rng = rng or random.Random()
         self.tuning = tuning or UplinkTuning()
+        if self.tuning.max_concurrent_commands < 1:
+            raise ValueError("max_concurrent_commands must be >= 1")
+        self.command_handler = command_handler
+        self.command_filter = command_filter(cfg.topic_prefix, gateway_id)
         self.readings_topic = payloads.readings_topic(cfg.topic_prefix, gateway_id)
         self.status_topic = payloads.status_topic(cfg.topic_prefix, gateway_id)
         self._where = f"{cfg.host}:{cfg.port}"
@@ -266,6 +422,18 @@ class Uplink:
         self._connections = 0
         self._tls_version = ""
         self._cert_warning = ""
+        self._validity: CertValidity | None = None
+        self._events_published = 0
+        self._commands_received = 0
+        self._commands_answered = 0
+        self._commands_rejected: dict[str, int] = {}
+        self._responses: dict[int, _Response] = {}
+        self._response_token = 0
+        self._responses_expired = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._clock_check = ClockSkewCheck(self.tuning.clock_skew_limit_s)
+        self._clock_warning = ""
+        self._loop_restarts = 0
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -284,12 +452,62 @@ class Uplink:
             connections=self._connections,
             tls_version=self._tls_version,
             cert_warning=self._cert_warning,
+            events_published=self._events_published,
+            commands_received=self._commands_received,
+            commands_answered=self._commands_answered,
+            commands_rejected=dict(self._commands_rejected),
+            responses_pending=len(self._responses),
+            responses_expired=self._responses_expired,
+            clock_offset_s=self._clock_check.offset_s,
+            clock_warning=self._clock_warning,
+            loop_restarts=self._loop_restarts,
         )
 
     def wake(self) -> None:
         """Tell the uplink there may be new records (the spool does this itself on ``add``)."""
         if self._wake is not None:
             self._wake.set()
+
+    def respond(self, request: CommandRequest, response: CommandResponse) -> None:
+        """Send (another) reply to ``request``: for handlers that answer in several messages,
+        e.g. CIM MeterStatusData REPLYs grouped by category. Queued until connected."""
+        if request.response_topic is None:
+            raise ValueError(f"command {request.name!r} has no Response Topic")
+        props = _publish_props()
+        if request.correlation is not None:
+            props.CorrelationData = request.correlation
+        props.ContentType = response.content_type
+        props.UserProperty = [
+            ("status", response.status),
+            ("command", request.name),
+            *response.user_properties,
+        ]
+        props.MessageExpiryInterval = max(1, int(self.tuning.response_ttl_s))
+        if len(self._responses) >= self.tuning.max_pending_responses:
+            oldest = min(self._responses)
+            del self._responses[oldest]
+            self._responses_expired += 1
+            log.warning("uplink: too many unsent replies; dropped the oldest")
+        self._response_token += 1
+        now = self._loop.time() if self._loop is not None else 0.0
+        self._responses[self._response_token] = _Response(
+            request.response_topic, response.payload, props, now + self.tuning.response_ttl_s
+        )
+        self.wake()
+
+    def observe_reference_time(self, reference: float, source: str) -> None:
+        """A head-end timestamp (epoch s) just received, e.g. a CIM Header Timestamp: feeds the
+        clock-skew check (clockcheck.py)."""
+        verdict = self._clock_check.observe(reference, self._clock.now(), source)
+        if verdict is None:
+            return
+        if verdict.skewed:
+            self._clock_warning = verdict.message
+            self._record_error(ClockSkew(verdict.message))
+        else:
+            if self._clock_warning:
+                log.info("uplink: %s", verdict.message)
+            self._clock_warning = ""
 
     async def run(self) -> None:
         """Connect, publish, reconnect, until ``stop()``. Raises ``TlsSetupError`` at once if
@@ -320,6 +538,10 @@ class Uplink:
         finally:
             self._flush_acks()
             self._connected = False
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
             self._done.set()
 
     async def stop(self, flush_timeout: float = 5.0) -> None:
@@ -337,7 +559,9 @@ class Uplink:
 
     # -- one connection ---------------------------------------------------------------------
     def _check_certificate(self) -> None:
-        warning = expiry_warning(read_validity(self.cfg.tls.cert_file), self._clock.now())
+        check_gateway_identity(self.cfg.tls.cert_file, self.gateway_id)
+        self._validity = read_validity(self.cfg.tls.cert_file)
+        warning = expiry_warning(self._validity, self._clock.now(), self.tuning.cert_warning_days)
         self._cert_warning = warning or ""
         if warning:
             log.warning("uplink: %s", warning)
@@ -352,12 +576,19 @@ class Uplink:
         client.tls_set_context(ctx)
         client.connect_timeout = self.tuning.connect_timeout_s
         client.max_inflight_messages_set(self.cfg.max_inflight)
-        # +2: the birth and the 'offline' status messages travel outside the window.
-        client.max_queued_messages_set(self.cfg.max_inflight + 2)
+        # +2: the birth and the 'offline' status messages travel outside the window, and so do
+        # command replies (at most max_pending_responses of them are ever queued).
+        client.max_queued_messages_set(
+            self.cfg.max_inflight + 2 + self.tuning.max_pending_responses
+        )
         client.will_set(
             self.status_topic,
-            payloads.encode_status(self.gateway_id, payloads.STATUS_OFFLINE,
-                                   sent_at=self._clock.now(), reason="connection lost"),
+            payloads.encode_status(
+                self.gateway_id,
+                payloads.STATUS_OFFLINE,
+                sent_at=self._clock.now(),
+                reason="connection lost",
+            ),
             qos=1,
             retain=True,
         )
@@ -374,6 +605,16 @@ class Uplink:
         def on_publish(_c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
             post(self._handle_publish, gen, mid, rc)
 
+        def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+            post(
+                self._handle_message,
+                gen,
+                msg.topic,
+                bytes(msg.payload),
+                msg.properties,
+                bool(msg.retain),
+            )
+
         def on_log(_c: Any, _u: Any, level: int, text: str) -> None:
             if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
                 post(self._handle_log, gen, text)
@@ -381,6 +622,7 @@ class Uplink:
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
+        client.on_message = on_message
         client.on_log = on_log
         return client
 
@@ -396,12 +638,17 @@ class Uplink:
         try:
             await self._loop.run_in_executor(
                 None,
-                functools.partial(client.connect, self.cfg.host, self.cfg.port,
-                                  keepalive=self.cfg.keepalive_s, clean_start=True),
+                functools.partial(
+                    client.connect,
+                    self.cfg.host,
+                    self.cfg.port,
+                    keepalive=self.cfg.keepalive_s,
+                    clean_start=True,
+                ),
             )
         except Exception as e:  # whatever connect() raised is classified, never fatal
             session.closed = True
-            self._record_error(classify_connect_error(e, self._where))
+            self._record_error(classify_connect_error(e, self._where, self._clock.now()))
             with contextlib.suppress(Exception):
                 sock = client.socket()
                 if sock is not None:
@@ -411,13 +658,17 @@ class Uplink:
         if isinstance(sock, ssl.SSLSocket):
             self._tls_version = sock.version() or ""
         client.loop_start()
+        session.last_progress = self._loop.time()
         try:
             try:
                 await asyncio.wait_for(session.connack.wait(), self.tuning.connack_timeout_s)
             except TimeoutError:
-                self._record_error(ConnackTimeout(
-                    f"{self._where} accepted TCP/TLS but sent no CONNACK within "
-                    f"{self.tuning.connack_timeout_s:g} s"))
+                self._record_error(
+                    ConnackTimeout(
+                        f"{self._where} accepted TCP/TLS but sent no CONNACK within "
+                        f"{self.tuning.connack_timeout_s:g} s"
+                    )
+                )
                 return False
             if not session.connected:
                 return False
@@ -433,7 +684,12 @@ class Uplink:
             with contextlib.suppress(Exception):
                 session.client.disconnect()
         await self._loop.run_in_executor(None, session.client.loop_stop)
-        # loop_stop joined paho's thread: every callback it posted has run by now.
+        # loop_stop joined paho's thread: every callback it posted has run by now. A dead or
+        # stalled loop never closed its socket: close it, so the broker sees us go.
+        with contextlib.suppress(Exception):
+            sock = session.client.socket()
+            if sock is not None:
+                sock.close()
         session.closed = True
         self._release(session)
         self._flush_acks()
@@ -452,11 +708,63 @@ class Uplink:
             if self._stopping:
                 await self._close_gracefully(session)
                 return
+            if await self._supervise(session):
+                return
             self._wake.clear()
             self._flush_acks()
+            self._send_responses(session)
             self._fill_window(session)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tuning.poll_interval_s)
+
+    async def _supervise(self, session: _Session) -> bool:
+        """True (and the session marked failed) if paho's network loop died or stalled."""
+        assert self._loop is not None
+        err: UplinkError | None = None
+        # paho has no public liveness check; its thread is ``_thread`` after loop_start().
+        thread = getattr(session.client, "_thread", None)
+        if not (isinstance(thread, threading.Thread) and thread.is_alive()):
+            # The thread also ends after an ordinary connection loss, having posted
+            # on_disconnect first: let that callback run before calling it a death.
+            await asyncio.sleep(0)
+            if session.closed:
+                return True
+            err = LoopDied(
+                f"paho's network thread for {self._where} has ended without a "
+                f"disconnect{f' ({session.last_log_error})' if session.last_log_error else ''}"
+                "; reconnecting"
+            )
+        elif (session.inflight or session.response_mids) and (
+            self._loop.time() - session.last_progress > self.tuning.stall_timeout_s
+        ):
+            err = LoopStalled(
+                f"no PUBACK from {self._where} for "
+                f"{self.tuning.stall_timeout_s:g} s with messages in flight; "
+                "reconnecting"
+            )
+        if err is None:
+            return False
+        self._loop_restarts += 1
+        self._record_error(err, session)
+        return True
+
+    def _send_responses(self, session: _Session) -> None:
+        """(Re)publish command replies not yet sent on this connection; drop expired ones."""
+        assert self._loop is not None
+        now = self._loop.time()
+        for token, r in list(self._responses.items()):
+            if token in session.responses_sent:
+                continue
+            if now > r.expires_at:
+                del self._responses[token]
+                self._responses_expired += 1
+                log.warning("uplink: reply to %s expired unsent", r.topic)
+                continue
+            info = session.client.publish(r.topic, r.payload, qos=1, properties=r.props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return  # paho's queue is full or the connection went: next turn
+            session.responses_sent.add(token)
+            session.response_mids[info.mid] = token
 
     def _flush_acks(self) -> None:
         if self._acked:
@@ -474,7 +782,12 @@ class Uplink:
             batch = self._spool.next_batch(n, max(budget, 1))
             if not batch:
                 return
-            encoded = self._encode(batch)
+            rest = self._publish_events(session, batch, window)
+            if rest is None:
+                return
+            if not rest:
+                continue
+            encoded = self._encode(rest)
             if encoded is None:
                 return
             data, message_id, batch = encoded
@@ -483,10 +796,43 @@ class Uplink:
             info = session.client.publish(self.readings_topic, data, qos=1)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._spool.release(ids)
-                log.info("uplink: publish not accepted by paho (%s); waiting",
-                         paho.error_string(info.rc))
+                log.info(
+                    "uplink: publish not accepted by paho (%s); waiting", paho.error_string(info.rc)
+                )
                 return
             session.inflight[info.mid] = _Batch(ids, message_id, len(data))
+
+    def _publish_events(
+        self, session: _Session, batch: list[SpoolRecord], window: int
+    ) -> list[SpoolRecord] | None:
+        """Publish the event records of ``batch`` one per message (in order, window permitting);
+        return the readings to batch, or None when the window is full or paho refused."""
+        readings: list[SpoolRecord] = []
+        for rec in batch:
+            event = payloads.as_event(rec)
+            if event is None:
+                readings.append(rec)
+                continue
+            if len(session.inflight) >= window:
+                return None
+            props = _publish_props()
+            props.ContentType = event.content_type
+            props.UserProperty = [
+                ("record_id", rec.record_id),
+                ("natural_key", rec.natural_key),
+                ("priority", payloads.PRIORITY_NAMES[rec.priority]),
+                ("spooled_at", payloads.iso_utc(rec.created_at)),
+            ]
+            topic = payloads.event_topic(self.cfg.topic_prefix, self.gateway_id, event.kind)
+            self._spool.mark_in_flight([rec.record_id])
+            info = session.client.publish(topic, event.payload, qos=1, properties=props)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._spool.release([rec.record_id])
+                return None
+            session.inflight[info.mid] = _Batch(
+                [rec.record_id], rec.record_id, len(event.payload), event=True
+            )
+        return readings
 
     def _encode(self, batch: list[SpoolRecord]) -> tuple[bytes, str, list[SpoolRecord]] | None:
         """Encode, halving the batch while it exceeds the message cap."""
@@ -494,16 +840,23 @@ class Uplink:
             message_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
             try:
                 data = payloads.encode_readings(
-                    self.gateway_id, batch, message_id=message_id, sent_at=self._clock.now(),
-                    max_bytes=self.tuning.max_message_bytes)
+                    self.gateway_id,
+                    batch,
+                    message_id=message_id,
+                    sent_at=self._clock.now(),
+                    max_bytes=self.tuning.max_message_bytes,
+                )
             except payloads.MessageTooLarge as e:
                 if len(batch) == 1:
                     # Cannot happen with the spool's record cap below the message cap; keep the
                     # record (it is retried after a restart) rather than block or drop.
                     self._spool.mark_in_flight([batch[0].record_id])
-                    self._record_error(PublishRefused(
-                        f"record {batch[0].record_id} alone is {e.size} bytes > message cap "
-                        f"{e.limit}; held back"))
+                    self._record_error(
+                        PublishRefused(
+                            f"record {batch[0].record_id} alone is {e.size} bytes > message cap "
+                            f"{e.limit}; held back"
+                        )
+                    )
                     return None
                 batch = batch[: len(batch) // 2]
                 continue
@@ -522,9 +875,15 @@ class Uplink:
             return
         info = session.client.publish(
             self.status_topic,
-            payloads.encode_status(self.gateway_id, payloads.STATUS_OFFLINE,
-                                   sent_at=self._clock.now(), reason="shutdown"),
-            qos=1, retain=True)
+            payloads.encode_status(
+                self.gateway_id,
+                payloads.STATUS_OFFLINE,
+                sent_at=self._clock.now(),
+                reason="shutdown",
+            ),
+            qos=1,
+            retain=True,
+        )
         session.status_mid = info.mid
         session.status_acked.clear()
         wait = min(1.0, max(0.2, self._flush_deadline - self._loop.time()))
@@ -562,12 +921,21 @@ class Uplink:
                 s.receive_maximum = receive_max
             info = s.client.publish(
                 self.status_topic,
-                payloads.encode_status(self.gateway_id, payloads.STATUS_ONLINE,
-                                       sent_at=self._clock.now()),
-                qos=1, retain=True)
+                payloads.encode_status(
+                    self.gateway_id, payloads.STATUS_ONLINE, sent_at=self._clock.now()
+                ),
+                qos=1,
+                retain=True,
+            )
             s.status_mid = info.mid
-            log.info("uplink: connected to %s (%s, client id %s)", self._where,
-                     self._tls_version, self.gateway_id)
+            s.last_progress = self._loop.time() if self._loop is not None else 0.0
+            s.client.subscribe(self.command_filter, options=SubscribeOptions(qos=1, noLocal=True))
+            log.info(
+                "uplink: connected to %s (%s, client id %s)",
+                self._where,
+                self._tls_version,
+                self.gateway_id,
+            )
             if self._wake is not None:
                 self._wake.set()
         s.connack.set()
@@ -580,8 +948,12 @@ class Uplink:
         if s.user_disconnect:
             pass
         elif not s.connack_received:
-            self._record_error(ClientCertRejected(
-                f"{LOST_BEFORE_CONNACK}{detail or f' ({rc})'}"), s)
+            self._record_error(
+                classify_lost_before_connack(
+                    detail or f" ({rc})", self._validity, self._clock.now()
+                ),
+                s,
+            )
         elif s.connected:
             self._record_error(ConnectionLost(f"{self._where}: {rc}{detail}"), s)
         s.closed = True
@@ -599,22 +971,128 @@ class Uplink:
         if mid == s.status_mid:
             s.status_acked.set()
             return
+        if self._loop is not None:
+            s.last_progress = self._loop.time()
+        token = s.response_mids.pop(mid, None)
+        if token is not None:
+            if self._responses.pop(token, None) is not None and not rc.is_failure:
+                self._commands_answered += 1
+            if rc.is_failure:
+                log.warning("uplink: reply refused by %s: %s", self._where, rc)
+            return
         batch = s.inflight.pop(mid, None)
         if batch is None:
             return
         if rc.is_failure:
             self._spool.release(batch.ids)
-            self._record_error(PublishRefused(
-                f"{self._where} refused message {batch.message_id} on {self.readings_topic}: "
-                f"{rc} (0x{rc.value:02X})"), s)
+            self._record_error(
+                PublishRefused(
+                    f"{self._where} refused message {batch.message_id} on {self.readings_topic}: "
+                    f"{rc} (0x{rc.value:02X})"
+                ),
+                s,
+            )
             s.user_disconnect = True  # back off before trying again
             s.client.disconnect()
         else:
             self._acked.extend(batch.ids)
-            self._published_records += len(batch.ids)
+            if batch.event:
+                self._events_published += 1
+            else:
+                self._published_records += len(batch.ids)
             self._published_messages += 1
         if self._wake is not None:
             self._wake.set()
+
+    def _handle_message(
+        self, gen: int, topic: str, payload: bytes, props: Properties | None, retained: bool
+    ) -> None:
+        s = self._current(gen)
+        if s is None:
+            return
+        self._commands_received += 1
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        content_type = getattr(props, "ContentType", None)
+        user = tuple((str(k), str(v)) for k, v in (getattr(props, "UserProperty", None) or []))
+        now = self._clock.now()
+        for key, value in user:
+            if key == "sent-at" and not retained:
+                try:
+                    self.observe_reference_time(parse_reference_time(value), f"{topic} sent-at")
+                except ValueError as e:
+                    log.info("uplink: ignoring %s", e)
+        try:
+            if retained:
+                raise RequestRejected(
+                    RejectReason.RETAINED,
+                    "retained commands are refused (they would replay on every connect)",
+                )
+            request = build_request(
+                prefix=self.cfg.topic_prefix,
+                gateway_id=self.gateway_id,
+                topic=topic,
+                payload=payload,
+                content_type=content_type,
+                correlation=correlation,
+                response_topic=response_topic,
+                user_properties=user,
+                received_at=now,
+                max_bytes=self.tuning.max_request_bytes,
+            )
+            if self.command_handler is None:
+                raise RequestRejected(
+                    RejectReason.NO_HANDLER, "this gateway has no command handler"
+                )
+            if len(self._tasks) >= self.tuning.max_concurrent_commands:
+                raise RequestRejected(
+                    RejectReason.BUSY, f"{len(self._tasks)} commands already running; retry"
+                )
+        except RequestRejected as e:
+            self._reject(e, topic, response_topic, correlation)
+            return
+        task = asyncio.create_task(self._serve(request), name=f"command {request.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _reject(
+        self, e: RequestRejected, topic: str, response_topic: str | None, correlation: bytes | None
+    ) -> None:
+        key = e.reason.value
+        self._commands_rejected[key] = self._commands_rejected.get(key, 0) + 1
+        log.warning("uplink: command on %s refused: %s", topic, e)
+        if e.reason in (RejectReason.NO_RESPONSE_TOPIC, RejectReason.BAD_RESPONSE_TOPIC):
+            return  # nowhere (safe) to answer
+        name = topic.rsplit("/", 1)[-1]
+        req = CommandRequest(name, b"", None, correlation, response_topic, self._clock.now())
+        self.respond(req, error_response(e.reason, e.detail, command=name))
+
+    async def _serve(self, request: CommandRequest) -> None:
+        assert self.command_handler is not None
+        handler: CommandHandler = self.command_handler
+        try:
+            pending: Awaitable[CommandResponse | None] = handler(request)
+            response = await asyncio.wait_for(pending, self.tuning.command_timeout_s)
+        except TimeoutError:
+            self._count_reject(RejectReason.HANDLER_TIMEOUT)
+            response = error_response(
+                RejectReason.HANDLER_TIMEOUT,
+                f"no answer within {self.tuning.command_timeout_s:g} s",
+                command=request.name,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a handler bug is answered, never fatal
+            log.exception("uplink: command %s failed", request.name)
+            self._count_reject(RejectReason.HANDLER_FAILED)
+            response = error_response(
+                RejectReason.HANDLER_FAILED, f"{type(e).__name__}: {e}", command=request.name
+            )
+        if response is not None:
+            self.respond(request, response)
+
+    def _count_reject(self, reason: RejectReason) -> None:
+        self._commands_rejected[reason.value] = self._commands_rejected.get(reason.value, 0) + 1
 
     def _record_error(self, err: UplinkError, session: _Session | None = None) -> None:
         if session is not None:

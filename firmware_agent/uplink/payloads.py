@@ -63,6 +63,17 @@ def status_topic(prefix: str, gateway_id: str) -> str:
     return f"{prefix}/{gateway_id}/status"
 
 
+def event_topic(prefix: str, gateway_id: str, kind: str) -> str:
+    """Where unsolicited messages of one kind go, e.g. ``ami/gw-01/events/cim``."""
+    check_topic_level("gateway_id", gateway_id)
+    check_topic_level("event kind", kind)
+    return f"{prefix}/{gateway_id}/events/{kind}"
+
+
+def events_filter(prefix: str) -> str:
+    return f"{prefix}/+/events/+"
+
+
 def readings_filter(prefix: str) -> str:
     return f"{prefix}/+/readings"
 
@@ -216,6 +227,45 @@ def priority_from_name(name: str) -> Priority:
         raise PayloadError(
             "priority", f"{name!r}, expected one of {sorted(_PRIORITY_BY_NAME)}"
         ) from None
+
+
+# -- unsolicited events (through the spool) ----------------------------------------------------
+EVENT_FIELD = "uplink_event"
+_EVENT_KEYS = frozenset({EVENT_FIELD, "content_type", "payload"})
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    content_type: str
+    payload: bytes
+
+
+def event_record(kind: str, payload: str, content_type: str) -> dict[str, Any]:
+    """A spool record that the uplink publishes on its own to ``<prefix>/<gw>/events/<kind>``
+    (not inside a readings batch), e.g. an unsolicited CIM outage REPLY. Spooling it (priority
+    ALARM) makes it as durable as a reading: deleted only after its own PUBACK."""
+    check_topic_level("event kind", kind)
+    if not content_type:
+        raise PayloadError("content_type", "an event needs a content type")
+    return {EVENT_FIELD: kind, "content_type": content_type, "payload": payload}
+
+
+def as_event(rec: SpoolRecord) -> Event | None:
+    """The event a spooled record carries, or None for an ordinary reading."""
+    if f'"{EVENT_FIELD}":' not in rec.body:  # cheap test first: most records are readings
+        return None
+    data = rec.data
+    if set(data) != _EVENT_KEYS:
+        return None
+    kind, ctype, payload = data[EVENT_FIELD], data["content_type"], data["payload"]
+    if not all(isinstance(v, str) for v in (kind, ctype, payload)):
+        return None
+    try:
+        check_topic_level("event kind", kind)
+    except PayloadError:
+        return None
+    return Event(kind, ctype, payload.encode())
 
 
 # -- status (birth / last will) ---------------------------------------------------------------

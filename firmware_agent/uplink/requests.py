@@ -68,6 +68,8 @@ class RejectReason(enum.Enum):
     HANDLER_FAILED = "handler-failed"
     HANDLER_TIMEOUT = "handler-timeout"
     BUSY = "busy"
+    RETAINED = "retained"
+    NO_HANDLER = "no-handler"
 
 
 class RequestRejected(Exception):
@@ -100,7 +102,9 @@ def command_name(prefix: str, gateway_id: str, topic: str) -> str:
     try:
         check_topic_level("command name", name)
     except PayloadError as e:
-        raise RequestRejected(RejectReason.BAD_TOPIC, f"{topic!r}: {e.message}") from None
+        raise RequestRejected(
+            RejectReason.BAD_TOPIC, f"{topic!r}: command name {e.message}"
+        ) from None
     if len(name) > MAX_COMMAND_NAME:
         raise RequestRejected(
             RejectReason.BAD_TOPIC, f"command name longer than {MAX_COMMAND_NAME}"

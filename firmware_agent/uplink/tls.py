@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from firmware_agent.config import TlsConfig
 
@@ -65,22 +66,65 @@ def read_validity(cert_file: Path) -> CertValidity:
         cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
     except (OSError, ValueError) as e:
         raise TlsSetupError(f"tls.cert_file {cert_file}: cannot read certificate ({e})") from e
-    return CertValidity(cert.subject.rfc4514_string(), cert.not_valid_before_utc,
-                        cert.not_valid_after_utc)
+    return CertValidity(
+        cert.subject.rfc4514_string(), cert.not_valid_before_utc, cert.not_valid_after_utc
+    )
 
 
-def expiry_warning(validity: CertValidity, now: float,
-                   within_days: int = EXPIRY_WARNING_DAYS) -> str | None:
+def certificate_cn(cert_file: Path) -> str:
+    """The subject CN of our client certificate: the broker maps it to the MQTT user name
+    (``use_identity_as_username``), so it *is* the gateway's identity."""
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_file).read_bytes())
+    except (OSError, ValueError) as e:
+        raise TlsSetupError(f"tls.cert_file {cert_file}: cannot read certificate ({e})") from e
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        raise TlsSetupError(f"tls.cert_file {cert_file}: the certificate has no CN")
+    value = names[0].value
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def check_gateway_identity(cert_file: Path, gateway_id: str) -> None:
+    """Refuse to start when the certificate names another gateway: the broker would file our
+    records (and its ACL our topics) under the CN, not under ``gateway.id``."""
+    cn = certificate_cn(cert_file)
+    if cn != gateway_id:
+        raise TlsSetupError(
+            f"tls.cert_file {cert_file}: certificate CN {cn!r} is not the gateway id "
+            f"{gateway_id!r} (gateway.id must equal the client certificate's CN)"
+        )
+
+
+def validity_problem(validity: CertValidity, now: float) -> str | None:
+    """``"expired"``, ``"not yet valid"`` or None at time ``now``."""
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
+    if t >= validity.not_after:
+        return "expired"
+    if t < validity.not_before:
+        return "not yet valid"
+    return None
+
+
+def expiry_warning(
+    validity: CertValidity, now: float, within_days: int = EXPIRY_WARNING_DAYS
+) -> str | None:
     """A warning text when the certificate is expired, not yet valid, or expires soon."""
     t = dt.datetime.fromtimestamp(now, dt.UTC)
     if t >= validity.not_after:
-        return (f"client certificate {validity.subject} EXPIRED on "
-                f"{validity.not_after:%Y-%m-%d %H:%M} UTC: the broker will reject it")
+        return (
+            f"client certificate {validity.subject} EXPIRED on "
+            f"{validity.not_after:%Y-%m-%d %H:%M} UTC: the broker will reject it"
+        )
     if t < validity.not_before:
-        return (f"client certificate {validity.subject} is not valid before "
-                f"{validity.not_before:%Y-%m-%d %H:%M} UTC (check the clock)")
+        return (
+            f"client certificate {validity.subject} is not valid before "
+            f"{validity.not_before:%Y-%m-%d %H:%M} UTC (check the clock)"
+        )
     left = validity.not_after - t
     if left <= dt.timedelta(days=within_days):
-        return (f"client certificate {validity.subject} expires in {left.days} days "
-                f"({validity.not_after:%Y-%m-%d} UTC): renew it")
+        return (
+            f"client certificate {validity.subject} expires in {left.days} days "
+            f"({validity.not_after:%Y-%m-%d} UTC): renew it"
+        )
     return None

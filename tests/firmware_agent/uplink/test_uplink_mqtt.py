@@ -501,7 +501,9 @@ def test_expired_client_cert_is_rejected_and_warned_about(
     run_with_uplink(uplink, body)
     st = uplink.stats
     assert "EXPIRED" in st.cert_warning
-    assert st.last_error_kind is UplinkErrorKind.CLIENT_CERT_REJECTED
+    assert st.last_error_kind is UplinkErrorKind.CLIENT_CERT_EXPIRED, st.last_error
+    assert "connection lost before CONNACK" in st.last_error
+    assert "expired on" in st.last_error and "renew" in st.last_error
     assert spool.depth() == 4
 
 
