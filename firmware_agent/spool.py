@@ -2,10 +2,40 @@
 
 Why: a reading is committed to disk before anyone tries to publish it, and it leaves the disk only
 after the broker's PUBACK for the very message that carried it. A power cut, a kill -9 or a lost
-connection therefore loses nothing; at worst a record is sent twice, and its natural key lets the
-head end drop the copy. Records are batched into one transaction per ``add`` call because fsync,
-not SQLite, is the cost (measured: 6.9k single-row transactions/s, ~197k rows/s in batches
-of 100).
+connection therefore loses nothing; at worst a record is sent twice, and its natural key (and its
+record id, the same on every re-send) lets the head end drop the copy. Records are batched into one
+transaction per ``add`` call because fsync, not SQLite, is the cost (measured: 6.9k single-row
+transactions/s, ~197k rows/s in batches of 100).
+
+Record ids are UUID-formatted (version-4 layout, so the payload schema's pattern holds) but not
+random: 64 random bits drawn (from the injected rng) when the spool file is created, then the
+record's sequence number. They are unique across gateways and spool files, stable across re-sends,
+and the spool finds a record by its primary key: an index on random ids cost ~30 % of the enqueue
+rate (measured).
+
+Priority and throttling. ``next_batch`` hands out alarms, then on-demand replies, then interval
+reads, oldest first within a class; an interval read is never handed out while an alarm or
+on-demand record is pending. During a *storm* (at least ``storm_min_records`` alarm or
+on-demand records are stored, pending or in flight, or were in the last ``storm_hold_s``
+seconds; a lone tamper alarm or one on-demand reply is no storm) interval reads are further
+limited to ``storm_interval_rate`` records/s (0 = none until the storm is over), so a last-gasp
+storm gets the backhaul and the uplink's in-flight window (spool_budget.IntervalThrottle).
+``next_batch`` may then return ``[]`` while interval reads are pending; the uplink polls again.
+
+Disk budget and aging. ``max_bytes`` bounds database + WAL + shm on disk: the live pages
+(page_count - freelist_count, times page_size) may use the budget minus a reserve for the WAL
+(whose auto-checkpoint threshold is sized from the budget, and whose file is truncated back to it)
+and the shm file. An ``add`` that would exceed ``max_bytes`` or ``max_records`` first ages out
+(deletes) records that are not in flight, oldest first, and only of a class no more urgent than the
+new records: interval reads, then (for new alarms or on-demand replies) on-demand replies. Alarms
+are never aged out. If room cannot be made (alarms fill the budget), new interval reads and
+on-demand replies are refused with ``SpoolFull`` (nothing of that add is stored, so the collector's
+catch-up reads them again later) and new alarms are stored over budget. Optionally interval reads
+older than ``interval_max_age_s`` are aged out too. Every aged-out record is counted per class
+(lifetime totals persist in the file); the budget being hit starts a "Queue Depth Exceeded"
+episode: one WARNING with the figures, and ``SpoolStats.queue_depth_exceeded`` until the spool is
+back under 90 % of the budget. Freed pages are reused by SQLite; once the backlog has drained,
+``incremental_vacuum`` gives them back to the file system in bounded steps.
 
 All methods must be called from one thread (the agent's asyncio thread): the connection keeps
 SQLite's same-thread check on.
@@ -13,27 +43,44 @@ SQLite's same-thread check on.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import json
+import logging
+import math
+import os
 import random
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from firmware_agent.clock import Clock
+from firmware_agent.spool_budget import (
+    IntervalThrottle,
+    QueueDepthExceeded,
+    usable_bytes,
+    wal_pages_for,
+)
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+MIN_MAX_BYTES = 512 * 1024
+DEFAULT_STORM_INTERVAL_RATE = 50.0
+DEFAULT_STORM_HOLD_S = 10.0
+DEFAULT_STORM_MIN_RECORDS = 10
+AGE_CHECK_EVERY_S = 60.0
+EPISODE_END_FRACTION = 0.9
 # Fields the spool adds around a record in the uplink payload: a record must not carry them itself.
 RESERVED_FIELDS = frozenset({"record_id", "natural_key", "priority", "spooled_at"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id   TEXT    NOT NULL UNIQUE,
     natural_key TEXT    NOT NULL UNIQUE,
     priority    INTEGER NOT NULL,
     created_at  REAL    NOT NULL,
@@ -43,7 +90,11 @@ CREATE TABLE IF NOT EXISTS records (
 CREATE INDEX IF NOT EXISTS records_next ON records (priority, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+_SEQ_BITS = 58
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_LOW62 = (1 << 62) - 1
+_CHUNK = 500  # ids per IN (...) statement
 
 
 class Priority(enum.IntEnum):
@@ -52,6 +103,11 @@ class Priority(enum.IntEnum):
     ALARM = 0
     ON_DEMAND = 1
     INTERVAL = 2
+
+    @property
+    def label(self) -> str:
+        """The name used in payloads and stats: alarm, on_demand, interval."""
+        return self.name.lower()
 
 
 class SpoolError(Exception):
@@ -68,15 +124,27 @@ class RecordRejected(SpoolError):
         super().__init__(f"record #{index} (natural key {natural_key!r}): {reason}")
 
 
+class SpoolFull(SpoolError):
+    """The budget is full of records at least as urgent as these: none of the add was stored."""
+
+    def __init__(self, priority: Priority, count: int, report: QueueDepthExceeded) -> None:
+        self.priority = priority
+        self.count = count
+        self.report = report
+        super().__init__(f"refused {count} {priority.label} record(s): {report.message()}")
+
+
+class _NoRoom(Exception):
+    """Internal: the budget cannot take these records (add() rolls back, raises SpoolFull)."""
+
+
 class SpoolCorrupt(SpoolError):
     """The database file is not a spool of a version we understand."""
 
 
 def encode_body(record: dict[str, Any]) -> str:
     """The stored form of a record: compact JSON, one object. Raises TypeError/ValueError."""
-    return json.dumps(
-        record, separators=(",", ":"), sort_keys=True, allow_nan=False, ensure_ascii=False
-    )
+    return json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -111,15 +179,51 @@ class SpoolRecord:
 
 @dataclass(frozen=True)
 class SpoolStats:
+    """What the agent publishes in its status message (``to_dict``)."""
+
     depth: int
     in_flight: int
     added: int
     duplicates: int
     acked: int
+    depth_by_class: dict[str, int] = field(default_factory=dict)
+    used_bytes: int = 0
+    disk_bytes: int = 0
+    max_bytes: int = 0
+    max_records: int | None = None
+    aged_out: dict[str, int] = field(default_factory=dict)  # lifetime, persisted in the file
+    refused: dict[str, int] = field(default_factory=dict)  # since this process opened the spool
+    storm: bool = False  # interval reads are being throttled
+    throttled: int = 0  # next_batch calls that held interval reads back
+    queue_depth_exceeded: QueueDepthExceeded | None = None  # the current episode, if any
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "depth": self.depth,
+            "in_flight": self.in_flight,
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "acked": self.acked,
+            "depth_by_class": dict(self.depth_by_class),
+            "used_bytes": self.used_bytes,
+            "disk_bytes": self.disk_bytes,
+            "max_bytes": self.max_bytes,
+            "max_records": self.max_records,
+            "aged_out": dict(self.aged_out),
+            "refused": dict(self.refused),
+            "storm": self.storm,
+            "throttled": self.throttled,
+            "queue_depth_exceeded": (
+                None if self.queue_depth_exceeded is None else self.queue_depth_exceeded.to_dict()
+            ),
+        }
+
+
+_Row = tuple[int, str, int, float, str, int]
 
 
 class Spool:
-    """Durable, prioritised FIFO of JSON records with in-flight tracking."""
+    """Durable, prioritised FIFO of JSON records with in-flight tracking and a disk budget."""
 
     def __init__(
         self,
@@ -128,47 +232,134 @@ class Spool:
         *,
         rng: random.Random | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_records: int | None = None,
+        interval_max_age_s: float | None = None,
+        storm_interval_rate: float = DEFAULT_STORM_INTERVAL_RATE,
+        storm_hold_s: float = DEFAULT_STORM_HOLD_S,
+        storm_min_records: int = DEFAULT_STORM_MIN_RECORDS,
+        wal_autocheckpoint_pages: int | None = None,
     ) -> None:
+        if max_bytes < MIN_MAX_BYTES:
+            raise ValueError(f"spool max_bytes {max_bytes} < minimum {MIN_MAX_BYTES}")
+        if max_records is not None and max_records < 1:
+            raise ValueError(f"spool max_records {max_records} must be >= 1")
+        if interval_max_age_s is not None and not interval_max_age_s > 0:
+            raise ValueError(f"spool interval_max_age_s {interval_max_age_s} must be > 0")
         self.path = path
         self._clock = clock
-        self._rng = rng
+        self._rng = rng if rng is not None else random.Random()
         self.max_record_bytes = max_record_bytes
+        self.max_bytes = max_bytes
+        self.max_records = max_records
+        self.interval_max_age_s = interval_max_age_s
+        if storm_min_records < 1:
+            raise ValueError(f"spool storm_min_records {storm_min_records} must be >= 1")
+        self.storm_min_records = storm_min_records
+        self.throttle = IntervalThrottle(clock, storm_interval_rate, storm_hold_s)
         self._listeners: list[Callable[[], None]] = []
         self.added = 0
         self.duplicates = 0
         self.acked = 0
+        self.refused = dict.fromkeys(Priority, 0)
+        self._episode: QueueDepthExceeded | None = None
+        self._next_age_check = -math.inf
         self._db = sqlite3.connect(str(path), isolation_level=None)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._check_version()
-            # In-flight marks live in an in-memory temp table: a restart means no message is in
-            # flight any more, so they never need to reach the disk (nor cost an fsync).
-            self._db.execute("PRAGMA temp_store=MEMORY")
-            self._db.execute("CREATE TEMP TABLE inflight (record_id TEXT PRIMARY KEY)")
+            self._open(wal_autocheckpoint_pages)
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise SpoolCorrupt(f"{path}: {e}") from e
 
     # -- plumbing -------------------------------------------------------------------------------
+    def _open(self, wal_pages: int | None) -> None:
+        db = self._db
+        fresh = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'records'").fetchone() is None
+        if fresh:  # must precede the first table; lets ack() give freed pages back
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            raise sqlite3.DatabaseError("cannot switch to WAL mode")
+        db.execute("PRAGMA synchronous=FULL")
+        self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        self._wal_pages = wal_pages or wal_pages_for(self.max_bytes, self._page_size)
+        db.execute(f"PRAGMA wal_autocheckpoint={int(self._wal_pages)}")
+        db.execute(f"PRAGMA journal_size_limit={int(self._wal_pages) * self._page_size}")
+        self._usable = usable_bytes(self.max_bytes, self._page_size, self._wal_pages)
+        version = None
+        if not fresh:
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            version = None if row is None else row[0]
+            if version == "1":
+                self._migrate_v1()
+            elif version != SCHEMA_VERSION:
+                raise SpoolCorrupt(f"{self.path}: spool schema {version!r}, expected 1 or 2")
+        db.executescript(_SCHEMA)
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        with self._tx():
+            if "schema" not in meta:
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            if "spool_id" not in meta:
+                meta["spool_id"] = f"{self._rng.getrandbits(64):016x}"
+                db.execute("INSERT INTO meta VALUES ('spool_id', ?)", (meta["spool_id"],))
+        self._spool_id = int(meta["spool_id"], 16)
+        self.aged_out = {p: int(meta.get(f"aged.{p.label}", 0)) for p in Priority}
+        self._counts = dict.fromkeys(Priority, 0)
+        for prio, n in db.execute("SELECT priority, COUNT(*) FROM records GROUP BY priority"):
+            self._counts[Priority(prio)] = int(n)
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        self._next_seq = (int(row[0]) if row else 0) + 1
+        self._auto_vacuum = int(db.execute("PRAGMA auto_vacuum").fetchone()[0])
+        # In-flight marks live in an in-memory temp table: a restart means no message is in
+        # flight any more, so they never need to reach the disk (nor cost an fsync).
+        db.execute("PRAGMA temp_store=MEMORY")
+        db.execute("CREATE TEMP TABLE inflight (seq INTEGER PRIMARY KEY)")
+
+    def _migrate_v1(self) -> None:
+        """Schema 1 kept a random record id with its own unique index. Records keep their order
+        and natural keys; they get new record ids (re-sends are deduplicated by natural key)."""
+        db = self._db
+        with self._tx():
+            db.execute(
+                "CREATE TABLE records_v2 (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "natural_key TEXT NOT NULL UNIQUE, priority INTEGER NOT NULL, "
+                "created_at REAL NOT NULL, body TEXT NOT NULL, size INTEGER NOT NULL)"
+            )
+            db.execute(
+                "INSERT INTO records_v2 SELECT seq, natural_key, priority, created_at, body, size "
+                "FROM records ORDER BY seq"
+            )
+            db.execute("DROP TABLE records")
+            db.execute("ALTER TABLE records_v2 RENAME TO records")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("VACUUM")  # applies auto_vacuum to the old file
+        log.info("spool %s migrated from schema 1 to %s", self.path, SCHEMA_VERSION)
+
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
 
-    def _check_version(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-        if row is None:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-            )
-        elif row[0] != SCHEMA_VERSION:
-            raise SpoolCorrupt(f"{self.path}: spool schema {row[0]!r}, expected {SCHEMA_VERSION!r}")
+    def record_id(self, seq: int) -> str:
+        """The record id of sequence number ``seq`` in this spool (see the module docstring)."""
+        v = (self._spool_id << _SEQ_BITS) | (seq & _SEQ_MASK)  # 122 bits
+        x = ((v >> 74) << 80) | (4 << 76) | (((v >> 62) & 0xFFF) << 64) | (2 << 62) | (v & _LOW62)
+        h = f"{x:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
-    def _new_id(self) -> str:
-        if self._rng is None:
-            return str(uuid.uuid4())
-        return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+    def _seq(self, record_id: str) -> int | None:
+        """The sequence number behind one of our record ids; None for anything else."""
+        try:
+            x = int(record_id.replace("-", ""), 16)
+        except (ValueError, AttributeError):
+            return None
+        if len(record_id) != 36 or (x >> 76) & 0xF != 4 or (x >> 62) & 3 != 2:
+            return None
+        v = ((x >> 80) << 74) | (((x >> 64) & 0xFFF) << 62) | (x & _LOW62)
+        if v >> _SEQ_BITS != self._spool_id:
+            return None
+        return v & _SEQ_MASK
+
+    def _seqs(self, ids: Iterable[str]) -> list[int]:
+        return [s for s in map(self._seq, ids) if s is not None]
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every ``add`` that stored something (the uplink wakes up)."""
@@ -180,37 +371,65 @@ class Spool:
 
         Returns the record ids of the records stored, in order; a record whose natural key is
         already spooled is dropped and counted in ``duplicates`` (it gets no id). Raises
-        ``RecordRejected`` (and stores none of ``items``) if any record is unusable.
+        ``RecordRejected`` (and stores none of ``items``) if any record is unusable, and
+        ``SpoolFull`` (storing none) if the budget is full of more urgent records.
         """
         prio = Priority(priority)
         now = self._clock.now()
-        rows: list[tuple[str, str, int, float, str, int]] = []
+        first = seq = self._next_seq
+        rows: list[_Row] = []
         for i, (record, natural_key) in enumerate(items):
-            rows.append(
-                (self._new_id(), natural_key, int(prio), now, *self._encode(i, record, natural_key))
-            )
+            body, size = self._encode(i, record, natural_key)
+            rows.append((seq, natural_key, int(prio), now, body, size))
+            seq += 1
         if not rows:
             return []
-        with self._tx():
-            inserted = self._db.executemany(
-                "INSERT OR IGNORE INTO records "
-                "(record_id, natural_key, priority, created_at, body, size) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            ).rowcount
-            stored = [row[0] for row in rows]
-            if inserted != len(rows):  # some natural keys were spooled already: find which
-                stored = [rid for rid in stored if self._exists(rid)]
+        self._next_seq = seq  # never reused, even if this add fails
+        counts = dict(self._counts)
+        aged = dict.fromkeys(Priority, 0)
+        try:
+            with self._tx():
+                self._age_by_time(now, counts, aged)
+                inserted = self._db.executemany(
+                    "INSERT OR IGNORE INTO records "
+                    "(seq, natural_key, priority, created_at, body, size) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                ).rowcount
+                seqs = [r[0] for r in rows]
+                if inserted != len(rows):  # some natural keys were spooled already: find which
+                    have = {
+                        s
+                        for (s,) in self._db.execute(
+                            "SELECT seq FROM records WHERE seq >= ?", (first,)
+                        )
+                    }
+                    seqs = [s for s in seqs if s in have]
+                counts[prio] += len(seqs)
+                if seqs:
+                    self._enforce_budget(prio, first, counts, aged)
+                if any(aged.values()):
+                    self._persist_aged(aged)
+        except _NoRoom:
+            self._note_refused(prio, len(seqs))
+            assert self._episode is not None
+            raise SpoolFull(prio, len(seqs), self._episode) from None
+        except sqlite3.DatabaseError as e:
+            raise SpoolError(f"{self.path}: storing {len(rows)} record(s) failed: {e}") from e
+        self._counts = counts
+        for p, n in aged.items():
+            self.aged_out[p] += n
+        stored = [self.record_id(s) for s in seqs]
         self.added += len(stored)
         self.duplicates += len(rows) - len(stored)
+        if any(aged.values()):
+            self._note_aged(aged)
+        elif self._episode is not None:
+            self._maybe_end_episode()
         if stored:
             for listener in list(self._listeners):
                 listener()
         return stored
-
-    def _exists(self, record_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM records WHERE record_id = ?", (record_id,))
-        return row.fetchone() is not None
 
     def _encode(self, index: int, record: object, natural_key: object) -> tuple[str, int]:
         key = natural_key if isinstance(natural_key, str) else repr(natural_key)
@@ -218,9 +437,9 @@ class Spool:
             raise RecordRejected(index, key, "natural key must be a non-empty string")
         if not isinstance(record, dict):
             raise RecordRejected(index, key, f"record must be a dict, not {type(record).__name__}")
-        clash = RESERVED_FIELDS & record.keys()
-        if clash:
-            raise RecordRejected(index, key, f"uses reserved field(s) {sorted(clash)}")
+        if not RESERVED_FIELDS.isdisjoint(record):
+            clash = sorted(RESERVED_FIELDS & record.keys())
+            raise RecordRejected(index, key, f"uses reserved field(s) {clash}")
         try:
             body = encode_body(record)
         except (TypeError, ValueError) as e:
@@ -230,41 +449,219 @@ class Spool:
             raise RecordRejected(index, key, f"{size} bytes > limit {self.max_record_bytes}")
         return body, size
 
+    # -- budget ---------------------------------------------------------------------------------
+    def _live_bytes(self) -> int:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (int(pages) - int(free)) * self._page_size
+
+    def used_bytes(self) -> int:
+        """What the budget counts: live pages plus the reserve for WAL and shm."""
+        return self._live_bytes() + (self.max_bytes - self._usable)
+
+    def disk_bytes(self) -> int:
+        """Database, WAL and shm files as they are on disk now."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def _over(self, counts: dict[Priority, int]) -> tuple[int, int]:
+        """(bytes over the usable budget, records over the cap), both >= 0."""
+        over_records = 0
+        if self.max_records is not None:
+            over_records = max(0, sum(counts.values()) - self.max_records)
+        return max(0, self._live_bytes() - self._usable), over_records
+
+    def _enforce_budget(
+        self,
+        prio: Priority,
+        first_new: int,
+        counts: dict[Priority, int],
+        aged: dict[Priority, int],
+    ) -> None:
+        """Age out older, less urgent records until the new ones fit; raise SpoolFull if not."""
+        over_bytes, over_records = self._over(counts)
+        if not over_bytes and not over_records:
+            return
+        classes = (
+            [Priority.INTERVAL]
+            if prio == Priority.INTERVAL
+            else [Priority.INTERVAL, Priority.ON_DEMAND]
+        )
+        for cls in classes:
+            n = 0
+            while (over_bytes or over_records) and counts[cls] > 0:
+                per_record = max(1, self._live_bytes() // max(1, sum(counts.values())))
+                n = max(2 * n, over_records, math.ceil(over_bytes / per_record), 1)
+                deleted = self._db.execute(
+                    "DELETE FROM records WHERE seq IN (SELECT seq FROM records "
+                    "WHERE priority = ? AND seq < ? "
+                    "AND seq NOT IN (SELECT seq FROM temp.inflight) ORDER BY seq LIMIT ?)",
+                    (int(cls), first_new, n),
+                ).rowcount
+                if deleted <= 0:
+                    break
+                counts[cls] -= deleted
+                aged[cls] += deleted
+                over_bytes, over_records = self._over(counts)
+        if (over_bytes or over_records) and prio != Priority.ALARM:
+            raise _NoRoom
+
+    def _age_by_time(
+        self, now: float, counts: dict[Priority, int], aged: dict[Priority, int]
+    ) -> None:
+        """Interval reads older than interval_max_age_s go (checked at most once a minute)."""
+        if self.interval_max_age_s is None or counts[Priority.INTERVAL] == 0:
+            return
+        mono = self._clock.monotonic()
+        if mono < self._next_age_check:
+            return
+        self._next_age_check = mono + AGE_CHECK_EVERY_S
+        while True:
+            deleted = self._db.execute(
+                "DELETE FROM records WHERE seq IN (SELECT seq FROM records "
+                "WHERE priority = ? AND created_at < ? "
+                "AND seq NOT IN (SELECT seq FROM temp.inflight) ORDER BY seq LIMIT 5000)",
+                (int(Priority.INTERVAL), now - self.interval_max_age_s),
+            ).rowcount
+            counts[Priority.INTERVAL] -= deleted
+            aged[Priority.INTERVAL] += deleted
+            if deleted < 5000:
+                return
+
+    def _persist_aged(self, aged: dict[Priority, int]) -> None:
+        self._db.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET value = CAST(value AS INTEGER) + CAST(excluded.value AS INTEGER)",
+            [(f"aged.{p.label}", str(n)) for p, n in aged.items() if n],
+        )
+
+    def _report(
+        self,
+        counts: dict[Priority, int],
+        aged: dict[Priority, int],
+        refused: dict[Priority, int],
+    ) -> QueueDepthExceeded:
+        prev = self._episode
+        aged_total = dict(prev.aged_out) if prev else {}
+        refused_total = dict(prev.refused) if prev else {}
+        for p, n in aged.items():
+            if n:
+                aged_total[p.label] = aged_total.get(p.label, 0) + n
+        for p, n in refused.items():
+            if n:
+                refused_total[p.label] = refused_total.get(p.label, 0) + n
+        return QueueDepthExceeded(
+            since=prev.since if prev else self._clock.now(),
+            depth={p.label: counts[p] for p in Priority},
+            used_bytes=self.used_bytes(),
+            disk_bytes=self.disk_bytes(),
+            max_bytes=self.max_bytes,
+            records=sum(counts.values()),
+            max_records=self.max_records,
+            aged_out=aged_total,
+            refused=refused_total,
+        )
+
+    def _start_or_update(self, report: QueueDepthExceeded) -> None:
+        if self._episode is None:
+            log.warning("%s", report.message())
+        self._episode = report
+
+    def _note_aged(self, aged: dict[Priority, int]) -> None:
+        self._start_or_update(self._report(self._counts, aged, {}))
+
+    def _note_refused(self, prio: Priority, n: int) -> None:
+        self.refused[prio] += n
+        self._start_or_update(self._report(self._counts, {}, {prio: n}))
+
+    def _maybe_end_episode(self) -> None:
+        assert self._episode is not None
+        if self.used_bytes() > EPISODE_END_FRACTION * self.max_bytes:
+            return
+        if self.max_records is not None and self.depth() > EPISODE_END_FRACTION * self.max_records:
+            return
+        ep = self._episode
+        self._episode = None
+        log.info(
+            "spool back under budget (%d records, %d bytes of %d); the episode aged out %s "
+            "and refused %s",
+            self.depth(),
+            self.used_bytes(),
+            self.max_bytes,
+            ep.aged_out or 0,
+            ep.refused or 0,
+        )
+
+    # -- uplink side ----------------------------------------------------------------------------
     def next_batch(self, max_records: int, max_bytes: int) -> list[SpoolRecord]:
         """Pending (not in-flight) records, most urgent class first, oldest first within a class,
-        at most ``max_records`` and ``max_bytes`` of bodies, but always at least one if any is
-        pending (so a record near the size limit cannot block the queue)."""
+        at most ``max_records`` and ``max_bytes`` of bodies, but always at least one if any
+        pending record may go now (so a record near the size limit cannot block the queue).
+        Interval reads only fill what no more urgent record wants, and are throttled during a
+        storm (module docstring)."""
         if max_records <= 0:
             return []
-        cur = self._db.execute(
-            "SELECT record_id, natural_key, priority, created_at, body, size FROM records "
-            "WHERE record_id NOT IN (SELECT record_id FROM temp.inflight) "
-            "ORDER BY priority, seq LIMIT ?",
-            (max_records,),
-        )
         batch: list[SpoolRecord] = []
-        total = 0
-        for record_id, natural_key, prio, created_at, body, size in cur:
-            if batch and total + size > max_bytes:
-                break
-            total += size
-            batch.append(
-                SpoolRecord(record_id, natural_key, Priority(prio), created_at, body, size)
-            )
-        cur.close()
+        budget = [max_bytes]
+        urgent = self._counts[Priority.ALARM] + self._counts[Priority.ON_DEMAND]
+        if urgent:
+            full = self._fill(batch, budget, "priority < 2", max_records)
+            if full or len(batch) >= max_records:
+                return batch
+        room = max_records - len(batch)
+        allowance = self.throttle.allowance(self._storming())
+        if allowance is not None and allowance < room:
+            self.throttle.throttled += 1
+            room = allowance
+        if room > 0 and self._counts[Priority.INTERVAL] > 0:
+            before = len(batch)
+            self._fill(batch, budget, "priority = 2", room)
+            if allowance is not None:
+                self.throttle.take(len(batch) - before)
         return batch
 
+    def _storming(self) -> bool:
+        urgent = self._counts[Priority.ALARM] + self._counts[Priority.ON_DEMAND]
+        return urgent >= self.storm_min_records
+
+    def _fill(self, batch: list[SpoolRecord], budget: list[int], where: str, limit: int) -> bool:
+        """Append pending rows matching ``where``; True if the byte budget stopped it."""
+        cur = self._db.execute(
+            "SELECT seq, natural_key, priority, created_at, body, size FROM records "
+            f"WHERE {where} AND seq NOT IN (SELECT seq FROM temp.inflight) "
+            "ORDER BY priority, seq LIMIT ?",
+            (limit,),
+        )
+        try:
+            for seq, natural_key, prio, created_at, body, size in cur:
+                if batch and size > budget[0]:
+                    return True
+                budget[0] -= size
+                batch.append(
+                    SpoolRecord(
+                        self.record_id(seq), natural_key, Priority(prio), created_at, body, size
+                    )
+                )
+        finally:
+            cur.close()
+        return False
+
     def mark_in_flight(self, ids: Iterable[str]) -> None:
+        """These records are in a message awaiting its PUBACK: next_batch skips them."""
         with self._tx():
             self._db.executemany(
-                "INSERT OR IGNORE INTO temp.inflight (record_id) VALUES (?)", ((i,) for i in ids)
+                "INSERT OR IGNORE INTO temp.inflight (seq) SELECT seq FROM records WHERE seq = ?",
+                ((s,) for s in self._seqs(ids)),
             )
 
     def release(self, ids: Iterable[str]) -> None:
         """In-flight back to pending: the message carrying them was not acknowledged."""
         with self._tx():
             self._db.executemany(
-                "DELETE FROM temp.inflight WHERE record_id = ?", ((i,) for i in ids)
+                "DELETE FROM temp.inflight WHERE seq = ?", ((s,) for s in self._seqs(ids))
             )
 
     def release_all(self) -> int:
@@ -273,29 +670,77 @@ class Spool:
 
     def ack(self, ids: Iterable[str]) -> int:
         """Delete records the broker acknowledged; returns how many were deleted."""
-        keys = [(i,) for i in ids]
+        seqs = self._seqs(ids)
+        gone = dict.fromkeys(Priority, 0)
         with self._tx():
-            n = self._db.executemany("DELETE FROM records WHERE record_id = ?", keys).rowcount
-            self._db.executemany("DELETE FROM temp.inflight WHERE record_id = ?", keys)
+            for chunk in _chunks(seqs):
+                marks = ",".join("?" * len(chunk))
+                for (prio,) in self._db.execute(
+                    f"DELETE FROM records WHERE seq IN ({marks}) RETURNING priority", chunk
+                ).fetchall():
+                    gone[Priority(prio)] += 1
+                self._db.execute(f"DELETE FROM temp.inflight WHERE seq IN ({marks})", chunk)
+        n = sum(gone.values())
+        for p, k in gone.items():
+            self._counts[p] -= k
         self.acked += n
+        if n:
+            if self._episode is not None:
+                self._maybe_end_episode()
+            if self._episode is None:
+                self._shrink()
         return n
 
+    def _shrink(self) -> None:
+        """Give freed pages back to the file system once they are a quarter of the file, a
+        bounded step at a time (each step is one small write transaction)."""
+        if self._auto_vacuum != 2:
+            return
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        if free >= 256 and free * 4 >= pages:
+            self._db.executescript(f"PRAGMA incremental_vacuum({min(free, 2048)});")
+
+    # -- figures --------------------------------------------------------------------------------
     def depth(self) -> int:
         """Records stored, pending and in flight."""
-        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        return sum(self._counts.values())
 
     def in_flight(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM temp.inflight").fetchone()
         return int(row[0])
 
     def depth_by_priority(self) -> dict[Priority, int]:
-        counts = dict.fromkeys(Priority, 0)
-        for prio, n in self._db.execute("SELECT priority, COUNT(*) FROM records GROUP BY priority"):
-            counts[Priority(prio)] = int(n)
-        return counts
+        return dict(self._counts)
 
     def stats(self) -> SpoolStats:
-        return SpoolStats(self.depth(), self.in_flight(), self.added, self.duplicates, self.acked)
+        return SpoolStats(
+            depth=self.depth(),
+            in_flight=self.in_flight(),
+            added=self.added,
+            duplicates=self.duplicates,
+            acked=self.acked,
+            depth_by_class={p.label: n for p, n in self._counts.items()},
+            used_bytes=self.used_bytes(),
+            disk_bytes=self.disk_bytes(),
+            max_bytes=self.max_bytes,
+            max_records=self.max_records,
+            aged_out={p.label: n for p, n in self.aged_out.items()},
+            refused={p.label: n for p, n in self.refused.items()},
+            storm=self.throttle.storm(self._storming()),
+            throttled=self.throttle.throttled,
+            queue_depth_exceeded=(
+                None
+                if self._episode is None
+                else replace(
+                    self._episode,
+                    depth={p.label: n for p, n in self._counts.items()},
+                    records=self.depth(),
+                    used_bytes=self.used_bytes(),
+                    disk_bytes=self.disk_bytes(),
+                )
+            ),
+        )
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
@@ -308,6 +753,11 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _chunks(seqs: list[int]) -> Iterator[list[int]]:
+    for i in range(0, len(seqs), _CHUNK):
+        yield seqs[i : i + _CHUNK]
 
 
 class _Transaction:
