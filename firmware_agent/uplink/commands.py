@@ -146,6 +146,17 @@ class CommandsConfig:
     max_response_bytes: int = 256 * 1024  # a read's readings beyond this are left out
     oms: OutageConfig = field(default_factory=OutageConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("timeout_s", "ping_timeout_s", "max_ping_timeout_s", "max_bytes_per_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"commands.{name} must be > 0")
+        if self.ping_timeout_s > self.max_ping_timeout_s:
+            raise ValueError("commands.ping_timeout_s must be <= max_ping_timeout_s")
+        if self.max_inline_image_bytes < 1 or self.max_group < 1:
+            raise ValueError("commands.max_inline_image_bytes and max_group must be >= 1")
+        if self.max_response_bytes < 1024:
+            raise ValueError("commands.max_response_bytes must be >= 1024")
+
 
 class CommandError(Exception):
     """Why a command cannot be answered with a result; ``code`` is the cmd-error/1 ``error``."""
@@ -311,7 +322,15 @@ class CommandDispatcher:
         cfg: CommandsConfig | None = None,
         *,
         sleep: Sleep = asyncio.sleep,
+        respond: Callable[[CommandRequest, CommandResponse], None] | None = None,
+        on_reference_time: Callable[[float, str], None] | None = None,
     ) -> None:
+        """``respond`` sends an extra reply to a request (the uplink's ``Uplink.respond``): a
+        MeterStatusData answer too big for one message goes out in several. ``on_reference_time``
+        gets the head end's CIM Header Timestamp (``Uplink.observe_reference_time``), which the
+        uplink's clock-skew check compares with our clock."""
+        self.respond = respond
+        self.on_reference_time = on_reference_time
         self.ops = ops
         self.clock = clock
         self.cfg = cfg or CommandsConfig()
@@ -494,6 +513,8 @@ class CommandDispatcher:
                 cim.correlation_of(request.payload), code, str(e), timestamp=now
             )
             return CommandResponse(reply, CONTENT_TYPE_XML, STATUS_ERROR)
+        if self.on_reference_time is not None:
+            self.on_reference_time(get.timestamp, "CIM Header/Timestamp")
         try:
             answer = await self.oms.answer(get, request.received_at)
         except Exception as e:
@@ -504,15 +525,18 @@ class CommandDispatcher:
                 timestamp=self.clock.now(),
             )  # fmt: skip
             return CommandResponse(reply, CONTENT_TYPE_XML, STATUS_ERROR)
-        if len(answer.replies) > 1:
-            # max_meters keeps a reply in one message; if mRIDs are unusually long, say so.
+        if len(answer.replies) > 1 and self.respond is not None:
+            for part in answer.replies[:-1]:
+                self.respond(request, CommandResponse(part, CONTENT_TYPE_XML, STATUS_OK))
+        elif len(answer.replies) > 1:
+            # no way to send several messages: refuse rather than answer in part
             reply = cim.error_reply(
                 get.correlation_id, cim.REPLY_TOO_LARGE,
                 f"the answer needs {len(answer.replies)} messages; ask for fewer meters",
                 timestamp=self.clock.now(),
             )  # fmt: skip
             return CommandResponse(reply, CONTENT_TYPE_XML, STATUS_ERROR)
-        return CommandResponse(answer.replies[0], CONTENT_TYPE_XML, STATUS_OK)
+        return CommandResponse(answer.replies[-1], CONTENT_TYPE_XML, STATUS_OK)
 
 
 # -- helpers the agent can use to implement GatewayOperations ----------------------------------

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from firmware_agent.clock import Clock
-from firmware_agent.uplink import cim
+from firmware_agent.uplink import cim, payloads
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ POWER_UNKNOWN = "unknown"
 
 # The collector's alarm events (collector/push.py) that are outage and restoration events.
 ALARM_EVENTS = {"last-gasp": POWER_DOWN, "power-restored": POWER_UP}
+EVENT_KIND = "cim"  # unsolicited REPLYs go to <prefix>/<gateway>/events/cim
+CONTENT_TYPE_XML = "application/xml"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class OutageConfig:
 
     categories: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CATEGORIES))
     default_respond_s: float = 30.0  # deadline when the GET has no RespondByTimestamp
-    max_respond_s: float = 600.0  # a RespondByTimestamp further out is cut to this
+    # a RespondByTimestamp further out is cut to this (below the transport's 300 s handler limit)
+    max_respond_s: float = 240.0
     reply_margin_s: float = 1.0  # answer this long before the deadline
     ping_timeout_s: float = 10.0  # one ping never waits longer
     ping_concurrency: int = 16  # pings in flight at once
@@ -313,3 +316,18 @@ def outage_reply(
     """One alarm → its unsolicited REPLY, or None if it is not an outage/restoration event."""
     replies = outage_replies([alarm], now=now, categories=categories)
     return replies[0] if replies else None
+
+
+def outage_record(
+    alarm: Any, *, now: float, categories: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], str] | None:
+    """One outage/restoration alarm → a spool entry ``(record, natural_key)`` carrying its
+    unsolicited REPLY as an event (published on ``<prefix>/<gw>/events/cim``); None for other
+    alarms. Spool it at Priority.ALARM next to the alarm itself: it is then as durable as a
+    reading, and its natural key (the alarm's, plus ``|cim``) lets the head end drop repeats."""
+    reply = outage_reply(alarm, now=now, categories=categories)
+    if reply is None:
+        return None
+    meter, event, time = _alarm_fields(alarm)
+    record = payloads.event_record(EVENT_KIND, reply.decode("ascii"), CONTENT_TYPE_XML)
+    return record, f"{meter}|alarm:{event}|{time}|cim"

@@ -507,3 +507,48 @@ def test_every_command_has_request_and_response_schemas() -> None:
             {"meter_ids": ["A"], "image_id": "X", "image": {"path": "a", "base64": "b"}},
             schema("cmd-firmware-push.request.json"),
         )
+
+
+def test_a_big_meter_status_answer_goes_out_in_parts(tmp_path: Path) -> None:
+    """With the uplink's ``respond`` the REPLY is split under the byte cap (each meter once, the
+    same CorrelationID); without it the GET is refused with 5.3 rather than answered in part."""
+    meters = ["A", "B"] + [f"ELSEWHERE-{i:03d}" for i in range(120)]
+    sent: list[CommandResponse] = []
+    seen_time: list[tuple[float, str]] = []
+
+    async def go() -> tuple[CommandResponse, CommandResponse]:
+        gw, _ = await rig(tmp_path, ["A", "B"])
+        oms = OutageConfig(max_reply_bytes=2048)
+        split = CommandDispatcher(
+            gw, gw.clock, CommandsConfig(oms=oms),
+            respond=lambda _req, resp: sent.append(resp),
+            on_reference_time=lambda t, src: seen_time.append((t, src)),
+        )  # fmt: skip
+        last = await split.handle(req("meter-status", get_xml(meters, None)))
+        whole = CommandDispatcher(gw, gw.clock, CommandsConfig(oms=oms))
+        refused = await whole.handle(req("meter-status", get_xml(meters, None)))
+        await gw.close()
+        return last, refused
+
+    last, refused = run(go())
+    parts = [*sent, last]
+    assert len(parts) >= 3 and all(len(p.payload) <= 2048 for p in parts)
+    listed: list[str] = []
+    for p in parts:
+        msg = cim.parse_message(p.payload)
+        assert msg.correlation_id == "OMS-42" and p.status == "ok"
+        listed += [m for ev in msg.events for m in ev.assets]
+    assert sorted(listed) == sorted(meters)
+    assert seen_time and seen_time[0][1] == "CIM Header/Timestamp"
+    assert abs(seen_time[0][0] - time.time()) < 5
+    bad = cim.parse_message(refused.payload)
+    assert refused.status == "error" and bad.reply_code == "5.3"
+
+
+def test_commands_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        CommandsConfig(timeout_s=0)
+    with pytest.raises(ValueError, match="ping_timeout_s must be <= max_ping_timeout_s"):
+        CommandsConfig(ping_timeout_s=40)
+    with pytest.raises(ValueError, match="max_response_bytes"):
+        CommandsConfig(max_response_bytes=10)
