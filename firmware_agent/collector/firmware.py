@@ -38,20 +38,27 @@ from gurux_dlms.enums import DataType
 from ..clock import Clock
 from ..config import MeterConfig
 from . import obis
+from .drive import ExchangeDriver, release_quietly
 from .link import LinkError, MeterLink
-from .session import DataAccessError, DlmsError, DlmsSession, Exchange
+from .obis import IC_IMAGE_TRANSFER
+from .session import (
+    DataAccessError,
+    DlmsError,
+    DlmsSession,
+    Exchange,
+    SessionFactory,
+    plain_session,
+)
 
-IC_IMAGE_TRANSFER = 18
 TEMPORARY_FAILURE = 2
-RELEASE_TIMEOUT_S = 1.0
 
 Sleep = Callable[[float], Awaitable[None]]
 ProgressCallback = Callable[["Progress"], None]
-SessionFactory = Callable[[MeterConfig], DlmsSession]
 
 
 class TransferStatus(IntEnum):
-    """image_transfer_status (attribute 6), Blue Book numbering."""
+    """image_transfer_status (attribute 6), Blue Book numbering. The one definition: the
+    emulated meter (hil/meter/image.py) uses it too."""
 
     NOT_INITIATED = 0
     INITIATED = 1
@@ -237,41 +244,24 @@ class _Push:
         self.session = session
         self.limit = limit
         self.ln = logical_name
-        self.timeout = timeout
-        self.retries = retries
         self.poll_interval_s = poll_interval_s
         self.settle_timeout_s = settle_timeout_s
         self.progress = progress
+        self.driver = ExchangeDriver(link, timeout, retries, retry_on=(LinkError,), pace=limit.take)
         self.clock = limit.clock
         self.stage = "associate"
         self.blocks_total = 0
         self.blocks_sent = 0
         self.resumed_blocks = 0
         self.held = 0
-        self.frame_bytes = 0
         self.image_bytes = 0
         self.started = self.clock.monotonic()
         self.already_active = False
 
-    async def _request(self, exchange: Exchange[Any], frame: bytes) -> bytes:
-        """Send ``frame`` within the limit; after a link failure the exchange's
-        ``retry_frame()`` (re-protected with a fresh invocation counter under suite 0)."""
-        for attempt in range(self.retries + 1):
-            await self.limit.take(len(frame))
-            self.frame_bytes += len(frame)
-            try:
-                return await self.link.request(frame, self.timeout)
-            except LinkError:
-                if attempt == self.retries:
-                    raise
-                frame = exchange.retry_frame()
-        raise AssertionError("unreachable")
-
     async def run(self, exchange: Exchange[Any]) -> Any:
-        frame: bytes | None = exchange.request
-        while frame is not None:
-            frame = exchange.feed(await self._request(exchange, frame))
-        return exchange.result
+        """Every request within the limit; after any link failure the exchange's
+        ``retry_frame()`` (re-protected with a fresh invocation counter under suite 0)."""
+        return await self.driver.run(exchange)
 
     def _report(self) -> None:
         if self.progress is None:
@@ -341,7 +331,7 @@ class _Push:
             4, TransferStatus.ACTIVATION_SUCCESSFUL, TransferStatus.ACTIVATION_FAILED
         )
         self.stage = "release"
-        with contextlib.suppress(DlmsError, LinkError):
+        with contextlib.suppress(DlmsError, LinkError):  # metered like every frame of the push
             await self.run(s.release())
         self.stage = "done"
         self._report()
@@ -393,14 +383,10 @@ class _Push:
             blocks_total=self.blocks_total,
             blocks_sent=self.blocks_sent,
             resumed_blocks=self.resumed_blocks,
-            frame_bytes=self.frame_bytes,
+            frame_bytes=self.driver.frame_bytes,
             elapsed_s=self.clock.monotonic() - self.started,
             already_active=self.already_active,
         )
-
-
-def _plain_session(meter: MeterConfig) -> DlmsSession:
-    return DlmsSession(meter.client_address, meter.server_address)
 
 
 async def push_image(
@@ -416,7 +402,7 @@ async def push_image(
     poll_interval_s: float = 1.0,
     settle_timeout_s: float = 300.0,
     progress: ProgressCallback | None = None,
-    session_factory: SessionFactory = _plain_session,
+    session_factory: SessionFactory = plain_session,
 ) -> PushResult:
     """Push ``image`` to one meter and activate it. Never raises for the meter's or the link's
     failures: the result says what happened. With ``attempts`` > 1 a failed run is followed by a
@@ -425,12 +411,20 @@ async def push_image(
     blocks_sent = frame_bytes = 0
     started = limit.clock.monotonic()
     resumed_first: int | None = None
+    error: FirmwareError | None = None
     for _ in range(max(1, attempts)):
+        try:
+            session = session_factory(meter)
+        except DlmsError as exc:  # no keys for a secured meter: a configuration error
+            detail = f"{type(exc).__name__}: {exc}"
+            error = FirmwareError(meter.id, "associate", detail, exc)
+            elapsed = limit.clock.monotonic() - started
+            return PushResult(meter.id, False, "associate", str(error), 0, 0, 0, 0, elapsed)
         run = _Push(
             link,
             meter,
             image,
-            session_factory(meter),
+            session,
             limit,
             logical_name=logical_name,
             timeout=timeout,
@@ -439,14 +433,13 @@ async def push_image(
             settle_timeout_s=settle_timeout_s,
             progress=progress,
         )
-        error: FirmwareError | None = None
+        error = None
         try:
             await run.push()
         except (DlmsError, LinkError, ValueError, TimeoutError) as exc:
             error = FirmwareError(meter.id, run.stage, f"{type(exc).__name__}: {exc}", exc)
             if run.session.associated and isinstance(exc, DlmsError):
-                with contextlib.suppress(DlmsError, LinkError):
-                    await _release(link, run.session)
+                await release_quietly(link, run.session)
         result = run.result(error)
         blocks_sent += result.blocks_sent
         frame_bytes += result.frame_bytes
@@ -467,13 +460,6 @@ async def push_image(
         elapsed_s=limit.clock.monotonic() - started,
         already_active=result.already_active,
     )
-
-
-async def _release(link: MeterLink, session: DlmsSession) -> None:
-    exchange = session.release()
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        frame = exchange.feed(await link.request(frame, RELEASE_TIMEOUT_S))
 
 
 # ---------------------------------------------------------------------------------- a group

@@ -36,6 +36,7 @@ IC_DATA = 1
 IC_REGISTER = 3
 IC_PROFILE_GENERIC = 7
 IC_CLOCK = 8
+IC_IMAGE_TRANSFER = 18
 
 
 def obis_to_bytes(obis: str) -> bytes:

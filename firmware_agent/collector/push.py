@@ -1,9 +1,10 @@
 """Pushes from meters (DataNotification, EventNotificationRequest) into alarm records.
 
-Sans-IO: ``parse_push`` takes one WRAPPER frame and returns a ``PushAlarm`` or raises
-``PushError`` naming what was wrong. The edges (the UDP listener in ``push_listener.py``, the
-mesh's unsolicited-frame callback) feed ``PushReceiver.on_push``, which spools alarms at
-``Priority.ALARM`` and quarantines what does not parse.
+Sans-IO: ``parse_push`` takes one WRAPPER frame and returns an ``Alarm`` (records.py: the same
+record the gateway's own alarms use) or raises ``PushError`` naming what was wrong. The edges
+(the UDP listener in ``push_listener.py``, the mesh's unsolicited-frame callback) feed
+``PushReceiver.on_push``, which spools alarms at ``Priority.ALARM`` and quarantines what does not
+parse.
 
 Body layout (the meter emulator sends it; the DLMS specification leaves the DataNotification body
 to the push setup's object list, so this is our push setup 0.0.25.9.0.255's list):
@@ -38,7 +39,7 @@ from ..clock import Clock
 from ..spool import Priority, Spool
 from .obis import bytes_to_obis
 from .quarantine import MALFORMED_PAYLOAD, Quarantine
-from .records import iso_utc
+from .records import Alarm, iso_utc
 from .wrapper import WrapperError, parse_frame
 
 log = logging.getLogger(__name__)
@@ -77,40 +78,6 @@ class PushError(ValueError):
         self.detail = detail
         self.frame = bytes(frame)
         super().__init__(f"{reason}: {detail}")
-
-
-@dataclass(frozen=True)
-class PushAlarm:
-    """One alarm record for the head end (spooled at Priority.ALARM)."""
-
-    device_id: str
-    event: str
-    time: str  # when the meter says it happened (UTC ISO); arrival time if it does not say
-    arrival_time: str
-    code: int | None = None
-    description: str = ""
-    push_setup: str | None = None
-    invoke_id: int | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def natural_key(self) -> str:
-        """``meter|alarm:event|time``: a push repeated by the meter (or by two paths) collapses."""
-        return f"{self.device_id}|alarm:{self.event}|{self.time}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "alarm",
-            "event": self.event,
-            "device_id": self.device_id,
-            "time": self.time,
-            "arrival_time": self.arrival_time,
-            "code": self.code,
-            "description": self.description,
-            "push_setup": self.push_setup,
-            "invoke_id": self.invoke_id,
-            "values": dict(self.values),
-        }
 
 
 # ------------------------------------------------------------------------------- A-XDR decoding
@@ -212,7 +179,7 @@ def parse_push(
     arrival: float,
     *,
     unwrap: Unwrap | None = None,
-) -> PushAlarm:
+) -> Alarm:
     """One WRAPPER frame with a DataNotification or EventNotificationRequest -> an alarm.
     ``unwrap`` deciphers a secured APDU (the security helper's suite 0) before parsing."""
     try:
@@ -233,7 +200,7 @@ def parse_push(
     raise PushError("not-a-push", f"APDU tag 0x{apdu[0]:02x} is no notification", frame)
 
 
-def _data_notification(meter_id: str, apdu: bytes, frame: bytes, arrival: float) -> PushAlarm:
+def _data_notification(meter_id: str, apdu: bytes, frame: bytes, arrival: float) -> Alarm:
     r = _Reader(apdu, frame)
     r.u8("tag")
     invoke_id = int.from_bytes(r.take(4, "long-invoke-id-and-priority"), "big")
@@ -264,7 +231,7 @@ def _data_notification(meter_id: str, apdu: bytes, frame: bytes, arrival: float)
     )
 
 
-def _event_notification(meter_id: str, apdu: bytes, frame: bytes, arrival: float) -> PushAlarm:
+def _event_notification(meter_id: str, apdu: bytes, frame: bytes, arrival: float) -> Alarm:
     r = _Reader(apdu, frame)
     r.u8("tag")
     stamp = b""
@@ -293,8 +260,8 @@ def _alarm(
     when: datetime | None,
     arrival: float,
     **extra: Any,
-) -> PushAlarm:
-    return PushAlarm(
+) -> Alarm:
+    return Alarm(
         device_id=meter_id,
         event=EVENT_CODES.get(code, f"event-{code}"),
         time=iso_utc(when if when is not None else arrival),
@@ -336,7 +303,7 @@ class PushReceiver:
         *,
         quarantine: Quarantine | None = None,
         unwrap_for: Callable[[str], Unwrap | None] | None = None,
-        listener: Callable[[PushAlarm], None] | None = None,
+        listener: Callable[[Alarm], None] | None = None,
     ) -> None:
         self.spool = spool
         self.clock = clock

@@ -1,9 +1,10 @@
 """Read one meter: associate, clock, registers, instantaneous values, profile rows, release.
 
-The only module here that awaits: it drives ``DlmsSession`` exchanges through a ``MeterLink``,
-retrying a request on timeout. Anything that goes wrong surfaces as one ``MeterReadError`` naming
-the meter and the stage, with the typed DLMS or link error as its cause and the last frame the
-meter sent (``payload``), so the scheduler can quarantine garbage and move on to the next meter.
+It drives ``DlmsSession`` exchanges through a ``MeterLink`` with ``drive.ExchangeDriver``
+(resending ``retry_frame()`` on timeout, counting round trips). Anything that goes wrong
+surfaces as one ``MeterReadError`` naming the meter and the stage, with the typed DLMS or link
+error as its cause and the last frame the meter sent (``payload``), so the scheduler can
+quarantine garbage and move on to the next meter.
 
 What a read asks for is a ``ReadPlan``: the scheduler's interval read (energy register and the
 profile rows after the newest one already spooled), the daily register read, an on-demand read.
@@ -11,17 +12,15 @@ profile rows after the newest one already spooled), the daily register read, an 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
 
 from ..clock import Clock
 from ..config import MeterConfig
 from . import obis
 from .catchup import profile_range
-from .link import LinkError, LinkTimeout, MeterLink
+from .drive import ExchangeDriver, release_quietly
+from .link import LinkError, MeterLink
 from .records import (
     Column,
     Reading,
@@ -31,12 +30,14 @@ from .records import (
     reading_from_row,
     reading_from_values,
 )
-from .session import DlmsError, DlmsSession, Exchange, MalformedReply
+from .session import (
+    DlmsError,
+    DlmsSession,
+    MalformedReply,
+    plain_session,
+)
+from .session import SessionFactory as SessionFactory  # re-exported: the agent imports it here
 from .wrapper import WrapperError
-
-T = TypeVar("T")
-
-RELEASE_TIMEOUT_S = 1.0
 
 INSTANTANEOUS = "instantaneous"
 """The ``source`` of a reading that gathers the instantaneous registers (V, I, P, S, PF, load)."""
@@ -48,10 +49,6 @@ INSTANTANEOUS_REGISTERS = (
     obis.POWER_FACTOR,
     obis.LOAD_PERCENT,
 )
-
-SessionFactory = Callable[[MeterConfig], DlmsSession]
-"""Builds the session for one read; the security layer gives one that ciphers (suite 0)."""
-
 
 class MeterReadError(Exception):
     """A read of one meter failed at ``stage``; ``cause`` is the DlmsError/LinkError/RecordError.
@@ -113,50 +110,6 @@ class MeterRead:
     profile_left_behind: int = 0  # missed intervals left for later reads (catch-up cap)
 
 
-class _Driver:
-    def __init__(self, link: MeterLink, timeout: float, retries: int) -> None:
-        self.link = link
-        self.timeout = timeout
-        self.retries = retries
-        self.round_trips = 0
-        self.resends = 0
-        self.last_reply: bytes | None = None
-
-    async def run(self, exchange: Exchange[T], timeout: float | None = None) -> T:
-        frame: bytes | None = exchange.request
-        while frame is not None:
-            reply = await self._request(
-                exchange, frame, self.timeout if timeout is None else timeout
-            )
-            self.last_reply = reply
-            frame = exchange.feed(reply)
-        return exchange.result
-
-    async def _request(self, exchange: Exchange[T], frame: bytes, timeout: float) -> bytes:
-        """Send ``frame``; after a timeout send the exchange's ``retry_frame()`` (under suite 0
-        the same request with a fresh invocation counter, never the same ciphered bytes)."""
-        for attempt in range(self.retries + 1):
-            self.round_trips += 1
-            try:
-                return await self.link.request(frame, timeout)
-            except LinkTimeout:
-                if attempt == self.retries:
-                    raise
-                self.resends += 1
-                frame = exchange.retry_frame()
-        raise AssertionError("unreachable")
-
-
-def plain_session(meter: MeterConfig) -> DlmsSession:
-    """Lowest security: the public client; refuses a meter configured for more."""
-    if meter.security.level != "none":
-        raise DlmsError(
-            f"security level {meter.security.level!r} needs a secured session (keys), "
-            "and none was given to the collector"
-        )
-    return DlmsSession(meter.client_address, meter.server_address)
-
-
 async def read_meter(
     link: MeterLink,
     meter: MeterConfig,
@@ -179,7 +132,7 @@ async def read_meter(
     except DlmsError as exc:
         raise MeterReadError(meter.id, "associate", exc) from exc
     cache = cache if cache is not None else MeterCache()
-    driver = _Driver(link, timeout, retries)
+    driver = ExchangeDriver(link, timeout, retries)
     timings: dict[str, float] = {}
     started_at = clock.now()
     t_start = clock.monotonic()
@@ -246,7 +199,7 @@ async def read_meter(
         lap("release", t)
     except (DlmsError, LinkError, RecordError) as exc:
         if isinstance(exc, DlmsError) and session.associated and stage != "release":
-            await _abandon(link, session)
+            await release_quietly(link, session)
         payload = driver.last_reply
         if isinstance(exc, MalformedReply):
             payload = bytes.fromhex(exc.frame_hex)
@@ -267,14 +220,8 @@ async def read_meter(
     )
 
 
-async def _abandon(link: MeterLink, session: DlmsSession) -> None:
-    """Best-effort release after a failed read so the meter does not keep a stale association."""
-    with contextlib.suppress(DlmsError, LinkError):
-        await _Driver(link, RELEASE_TIMEOUT_S, 0).run(session.release())
-
-
 async def _register_column(
-    driver: _Driver, session: DlmsSession, cache: MeterCache, code: str
+    driver: ExchangeDriver, session: DlmsSession, cache: MeterCache, code: str
 ) -> Column:
     if code not in cache.scalers:
         cache.scalers[code] = await driver.run(session.read_scaler_unit(code))
@@ -283,7 +230,7 @@ async def _register_column(
 
 
 async def _read_profile(
-    driver: _Driver,
+    driver: ExchangeDriver,
     session: DlmsSession,
     cache: MeterCache,
     meter_id: str,

@@ -192,18 +192,23 @@ ALARM_MALFORMED = "malformed-payload"
 
 @dataclass(frozen=True)
 class Alarm:
-    """An alarm the gateway raises itself about a meter (MAC Fail, clock drift, garbage): the
-    same record shape as a pushed alarm, so the head end handles both alike."""
+    """One alarm record for the head end, spooled at Priority.ALARM: the one schema for what a
+    meter pushes (last gasp, power restored, tamper: ``code``, ``push_setup``, ``invoke_id`` set)
+    and what the gateway raises itself about a meter (MAC Fail, clock drift: those are None)."""
 
     device_id: str
     event: str
-    time: str
+    time: str  # when it happened (UTC ISO): the meter's word for a push, else the gateway's
     arrival_time: str
     description: str = ""
     values: dict[str, Any] = field(default_factory=dict)
+    code: int | None = None  # the meter's event code (standard event log), for pushes
+    push_setup: str | None = None  # the push setup object that sent it
+    invoke_id: int | None = None  # the DataNotification's invoke id
 
     @property
     def natural_key(self) -> str:
+        """``meter|alarm:event|time``: a push repeated by the meter (or by two paths) collapses."""
         return f"{self.device_id}|alarm:{self.event}|{self.time}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,7 +218,9 @@ class Alarm:
             "device_id": self.device_id,
             "time": self.time,
             "arrival_time": self.arrival_time,
-            "code": None,
+            "code": self.code,
             "description": self.description,
+            "push_setup": self.push_setup,
+            "invoke_id": self.invoke_id,
             "values": dict(self.values),
         }

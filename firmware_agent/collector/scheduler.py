@@ -43,7 +43,6 @@ from firmware_agent.collector.reader import (
     MeterRead,
     MeterReadError,
     ReadPlan,
-    SessionFactory,
     read_meter,
 )
 from firmware_agent.collector.records import (
@@ -59,6 +58,7 @@ from firmware_agent.collector.session import (
     DataAccessError,
     ExceptionResponse,
     MalformedReply,
+    SessionFactory,
 )
 from firmware_agent.collector.wrapper import WrapperError
 from firmware_agent.config import CollectorConfig, Config, MeterConfig

@@ -10,16 +10,13 @@ counters.py), and the meter's own counter is forgotten so its next frame is acce
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import TypeVar
 
 from . import obis
 from .counters import CounterStore
+from .drive import ExchangeDriver, release_quietly
 from .link import MeterLink
-from .session import DlmsError, DlmsSession, Exchange
-
-T = TypeVar("T")
+from .session import DlmsError, DlmsSession
 
 INVOCATION_COUNTER = "0.0.43.1.0.255"
 PUBLIC_CLIENT = 16
@@ -37,13 +34,6 @@ class SecurityResetError(DlmsError):
     """The counter could not be read (the reset changed nothing)."""
 
 
-async def _run(link: MeterLink, exchange: Exchange[T], timeout: float) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        frame = exchange.feed(await link.request(frame, timeout))
-    return exchange.result
-
-
 async def security_reset(
     link: MeterLink,
     meter: str,
@@ -52,18 +42,19 @@ async def security_reset(
     server_address: int = 1,
     public_client: int = PUBLIC_CLIENT,
     timeout: float = 5.0,
+    retries: int = 0,
 ) -> ResetResult:
     """Read 0.0.43.1.0.255 as the public client and send from its value + 1 on."""
     session = DlmsSession(public_client, server_address)
     old = store.state(meter).next_send
-    await _run(link, session.associate(), timeout)
+    driver = ExchangeDriver(link, timeout, retries)
+    await driver.run(session.associate())
     try:
-        value = await _run(link, session.read_value(INVOCATION_COUNTER, obis.IC_DATA, 2), timeout)
+        value = await driver.run(session.read_value(INVOCATION_COUNTER, obis.IC_DATA, 2))
     finally:
         if session.associated:
             # the counter is what matters; the meter drops the association anyway
-            with contextlib.suppress(DlmsError):
-                await _run(link, session.release(), timeout)
+            await release_quietly(link, session, timeout)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 0xFFFFFFFF:
         raise SecurityResetError(f"meter {meter}: invocation counter reads {value!r}")
     state = store.resync(meter, value + 1)

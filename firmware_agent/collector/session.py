@@ -49,6 +49,7 @@ from .ciphering import (
 from .wrapper import WrapperError, build_frame, parse_frame
 
 if TYPE_CHECKING:
+    from ..config import MeterConfig
     from .keys import MeterKeys
 
 T = TypeVar("T")
@@ -827,17 +828,34 @@ class _HlsAssociation(Exchange[None]):
         self._result = None
 
 
+SessionFactory = Callable[["MeterConfig"], "DlmsSession"]
+"""Builds the session for one operation on one meter (a read, a push): ``plain_session`` or
+what ``session_factory`` makes (suite 0 for the meters configured for it)."""
+
+
+def plain_session(meter: MeterConfig) -> DlmsSession:
+    """Lowest security: the public client; refuses a meter configured for more (a configuration
+    error, not a MAC Fail)."""
+    if meter.security.level != "none":
+        raise SessionStateError(
+            f"meter {meter.id}: security level {meter.security.level!r} needs a secured session "
+            "(keys), and none was given"
+        )
+    return DlmsSession(meter.client_address, meter.server_address)
+
+
 def session_factory(
     keys: dict[str, MeterKeys],
     counters: CounterBook,
     client_system_title: bytes,
     rng: random.Random,
-) -> Callable[[Any], DlmsSession]:
-    """A ``SessionFactory`` for reader/scheduler: a meter configured ``security.level: suite0``
-    gets a suite 0 session with its keys (a meter missing from the key file is a configuration
-    error, ``SessionStateError`` naming it, not a MAC Fail); any other meter a plain one."""
+) -> SessionFactory:
+    """A ``SessionFactory`` for reads, pushes and the scheduler: a meter configured
+    ``security.level: suite0`` gets a suite 0 session with its keys (a meter missing from the key
+    file is a configuration error, ``SessionStateError`` naming it, not a MAC Fail); any other
+    meter a plain one."""
 
-    def make(meter: Any) -> DlmsSession:
+    def make(meter: MeterConfig) -> DlmsSession:
         level = meter.security.level
         if level == "none":
             return DlmsSession(meter.client_address, meter.server_address)

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from enum import IntEnum
 
 from firmware_agent.collector import obis
+from firmware_agent.collector.firmware import TransferStatus
+from firmware_agent.collector.obis import IC_IMAGE_TRANSFER
 
 from . import axdr
 from .objects import (
@@ -43,22 +44,8 @@ from .objects import (
     Selection,
 )
 
-IC_IMAGE_TRANSFER = 18
 ACTIVE_FIRMWARE_ID = "1.0.0.2.0.255"
 DIGEST_LEN = 32
-
-
-class TransferStatus(IntEnum):
-    """image_transfer_status (attribute 6)."""
-
-    NOT_INITIATED = 0
-    INITIATED = 1
-    VERIFICATION_INITIATED = 2
-    VERIFICATION_SUCCESSFUL = 3
-    VERIFICATION_FAILED = 4
-    ACTIVATION_INITIATED = 5
-    ACTIVATION_SUCCESSFUL = 6
-    ACTIVATION_FAILED = 7
 
 
 def seal(payload: bytes) -> bytes:

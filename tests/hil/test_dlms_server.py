@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import struct
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from gurux_dlms import GXDLMSClient, GXReplyData
@@ -22,12 +22,12 @@ from firmware_agent.collector.session import (
     DataAccessError,
     DlmsSession,
     ExceptionResponse,
-    Exchange,
 )
 from firmware_agent.collector.wrapper import build_frame, parse_frame
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
 from hil.meter.objects import REGISTERS
+from hil.meter.rig import associated, drive
 
 T = TypeVar("T")
 NOW = 1_700_000_000.0
@@ -39,19 +39,6 @@ def make(max_pdu: int = 1024, depth: int = 960) -> tuple[MeterServer, ManualCloc
     return MeterServer(model, clock, max_pdu=max_pdu), clock
 
 
-def drive(server: MeterServer, exchange: Exchange[T]) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result
-
-
-def associated(server: MeterServer, **kw: Any) -> DlmsSession:
-    s = DlmsSession(**kw)
-    drive(server, s.associate())
-    return s
 
 
 def test_association_negotiates_get_selective_block_and_pdu() -> None:

@@ -24,7 +24,6 @@ from firmware_agent.collector.reader import MeterRead, read_meter
 from firmware_agent.collector.session import (
     CounterDesync,
     DlmsSession,
-    Exchange,
     Suite0Security,
     session_factory,
 )
@@ -34,6 +33,7 @@ from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.faults import Fault, FaultKind, FaultyMeter
 from hil.meter.image import seal
 from hil.meter.model import MeterModel
+from hil.meter.rig import drive
 from hil.meter.udp import serve_udp
 
 T = TypeVar("T")
@@ -221,10 +221,3 @@ def test_firmware_push_over_suite0_survives_lost_replies(tmp_path: Path) -> None
     assert meter.server.counters["replayed-counter"] == 0
 
 
-def drive(server: MeterServer, exchange: Exchange[T]) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result

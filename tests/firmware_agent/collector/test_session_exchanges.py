@@ -30,8 +30,8 @@ from firmware_agent.collector.session import (
 from firmware_agent.collector.wrapper import build_frame, parse_frame
 from firmware_agent.config import MeterConfig
 from hil.meter.directory import build_meter
-from hil.meter.dlms_server import MeterServer
 from hil.meter.faults import Fault, FaultKind, FaultyMeter
+from hil.meter.rig import associated, drive
 from hil.meter.udp import serve_udp
 
 T = TypeVar("T")
@@ -45,20 +45,6 @@ def meter(*faults: Fault, seed: int = 1, max_pdu: int = 1024) -> FaultyMeter:
     )
     return parts.meter
 
-
-def drive(server: MeterServer, exchange: Exchange[T]) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result
-
-
-def associated(server: MeterServer) -> DlmsSession:
-    s = DlmsSession()
-    drive(server, s.associate())
-    return s
 
 
 # ---------------------------------------------------------------------- exchanges

@@ -14,7 +14,7 @@ from gurux_dlms.objects import GXDLMSData, GXDLMSImageTransfer
 
 from firmware_agent.clock import ManualClock
 from firmware_agent.collector import obis
-from firmware_agent.collector.session import DlmsSession, Exchange
+from firmware_agent.collector.session import DlmsSession
 from hil.meter import axdr
 from hil.meter.dlms_server import MeterServer
 from hil.meter.image import (
@@ -27,6 +27,7 @@ from hil.meter.image import (
 )
 from hil.meter.model import MeterModel
 from hil.meter.objects import OTHER_REASON, TEMPORARY_FAILURE, AccessError, build_directory
+from hil.meter.rig import drive
 
 NOW = 1_700_000_000.0
 V = axdr.Value
@@ -177,14 +178,6 @@ def test_slow_verification_and_activation_answer_temporary_failure_then_finish()
 
 # ---------------------------------------------------------------------- gurux's client reads it
 
-
-def drive(server: MeterServer, exchange: Exchange[Any]) -> Any:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result
 
 
 def gurux_read(server: MeterServer, session: DlmsSession, obj: Any, attribute: int) -> None:

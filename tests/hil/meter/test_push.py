@@ -15,7 +15,7 @@ from gurux_dlms.objects import GXDLMSPushSetup
 from firmware_agent.clock import ManualClock
 from firmware_agent.collector import obis
 from firmware_agent.collector.push import parse_push
-from firmware_agent.collector.session import DlmsSession, Exchange
+from firmware_agent.collector.session import DlmsSession
 from firmware_agent.collector.wrapper import parse_frame
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
@@ -27,6 +27,7 @@ from hil.meter.push import (
     PushSetupObject,
     PushSource,
 )
+from hil.meter.rig import drive
 
 AT = 1_700_000_000.0  # 2023-11-14T22:13:20Z
 
@@ -81,14 +82,6 @@ def test_invoke_ids_count_up_and_carry_high_priority() -> None:
     assert heads == [0x8000_0001, 0x8000_0002, 0x8000_0003]
     assert parse_frame(frames[0])[0].destination == 102 and src.sent == 3
 
-
-def drive(server: MeterServer, exchange: Exchange[object]) -> object:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result
 
 
 def test_gurux_maps_push_values_to_objects_through_the_push_setup_object_list() -> None:

@@ -36,6 +36,7 @@ from firmware_agent.collector.session import (
 from firmware_agent.collector.wrapper import build_frame, parse_frame
 from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.model import MeterModel
+from hil.meter.rig import drive
 from hil.meter.udp import serve_udp
 
 T = TypeVar("T")
@@ -62,14 +63,6 @@ def secured_session(store: CounterStore, *, ek: bytes = EK) -> DlmsSession:
     sec = Suite0Security("MTR-S", keys(ek), GATEWAY_TITLE, store, random.Random(9))
     return DlmsSession(MANAGEMENT, 1, security=sec)
 
-
-def drive(server: MeterServer, exchange: Exchange[T]) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        frame = exchange.feed(reply)
-    return exchange.result
 
 
 def run(coro: Awaitable[T]) -> T:
