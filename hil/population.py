@@ -18,9 +18,9 @@ import yaml
 
 from firmware_agent.clock import Clock
 from hil.medium import Medium
+from hil.meter.directory import EmulatedMeterParts, build_meter
 from hil.meter.dlms_server import MeterServer
-from hil.meter.model import MeterModel
-from hil.meter_node import MeterNode, NodeConfig, Scheduler
+from hil.meter_node import MeterNode, NodeConfig, NodePushes, Scheduler
 from hil.scenario import PowerEvent, Scenario
 
 
@@ -28,8 +28,12 @@ from hil.scenario import PowerEvent, Scenario
 class EmulatedMeter:
     meter_id: str
     node: MeterNode
-    server: MeterServer
+    parts: EmulatedMeterParts  # model, DLMS server, faults, pushes, image transfer
     position: tuple[float, float]
+
+    @property
+    def server(self) -> MeterServer:
+        return self.parts.server
 
 
 def read_mesh_meters(path: Path) -> list[tuple[str, bytes]]:
@@ -65,21 +69,20 @@ def _meter(
     channel: int,
     profile_period_s: float,
     config: NodeConfig | None,
-) -> tuple[MeterNode, MeterServer]:
-    model = MeterModel(
-        meter_id, random.Random(rng.getrandbits(64)), profile_period_s=profile_period_s
-    )
-    server = MeterServer(model, clock)
+) -> tuple[MeterNode, EmulatedMeterParts]:
+    parts = build_meter(meter_id, clock, rng, profile_period_s=profile_period_s)
     node = MeterNode(
         eui64,
         medium,
-        server.handle,
+        parts.meter,
         scheduler,
         channel=channel,
         config=config,
         rng=random.Random(rng.getrandbits(64)),
+        # Last gasp on power loss, power restored after rejoining, on the meter's own clock.
+        pushes=NodePushes(parts.pushes, lambda: parts.model.meter_time(clock.now())),
     )
-    return node, server
+    return node, parts
 
 
 def populate(
@@ -98,13 +101,13 @@ def populate(
     Their timers run on ``schedule`` (an event loop), or on the medium's scheduler if None."""
     placed = []
     for meter_id, eui64 in meters:
-        node, server = _meter(
+        node, parts = _meter(
             medium, meter_id, eui64, clock, rng, schedule, channel, profile_period_s, config
         )
         distance, angle = rng.uniform(*radius_m), rng.uniform(0, 2 * math.pi)
         position = (distance * math.cos(angle), distance * math.sin(angle))
         medium.attach(node, position, channel=channel)
-        placed.append(EmulatedMeter(meter_id, node, server, position))
+        placed.append(EmulatedMeter(meter_id, node, parts, position))
     return placed
 
 
@@ -136,7 +139,7 @@ def place_scenario(
     radio = scenario.radio
     placed = []
     for spec in scenario.nodes:
-        node, server = _meter(
+        node, parts = _meter(
             medium,
             spec.meter_id,
             spec.eui64,
@@ -148,7 +151,7 @@ def place_scenario(
             config,
         )
         medium.attach(node, spec.position, tx_power_dbm=radio.tx_power_dbm, channel=radio.channel)
-        placed.append(EmulatedMeter(spec.meter_id, node, server, spec.position))
+        placed.append(EmulatedMeter(spec.meter_id, node, parts, spec.position))
     return placed
 
 

@@ -44,6 +44,7 @@ from firmware_agent.mesh.routes import RouteChange
 from hil import vtime
 from hil.loop import register
 from hil.medium import Medium
+from hil.meter_node import MeterNode
 from hil.population import EmulatedMeter, place_scenario
 from hil.rcp import VirtualRcp
 from hil.scenario import GATEWAY, FadeEvent, InterfererEvent, PowerEvent, Scenario
@@ -108,7 +109,12 @@ def apply_events(scenario: Scenario, medium: Medium, meters: list[EmulatedMeter]
     for event in scenario.events:
         at = start + event.at_s
         if isinstance(event, PowerEvent):
-            medium.power(nodes[event.meter_id], event.on, at=at)
+            node = nodes[event.meter_id]
+            if isinstance(node, MeterNode):
+                # Through the meter, so it sends its last gasp (and power-restored) as it would.
+                node.set_power(event.on, at=at)
+            else:
+                medium.power(node, event.on, at=at)
         elif isinstance(event, InterfererEvent):
             if event.on:
                 handle = medium.add_interferer(
@@ -274,6 +280,8 @@ def summarise(run: SimulationRun) -> dict[str, Any]:
             "meters_never_read": sum(1 for s in statuses if s.reads_ok == 0),
         },
         "spool_depth": snap.spool_depth,
+        # Pushes the gateway took in (last gasp, power restored, ...), by event.
+        "alarms": dict(agent.pushes.stats.by_event) if agent.pushes is not None else {},
         "neighbours": links,
         "route_changes": [c.as_dict() for c in run.route_changes],
         "routing": stack.routes.table(now) if stack is not None else [],
@@ -302,6 +310,8 @@ def print_summary(summary: dict[str, Any], out: Callable[[str], None] = print) -
         + f"; {reads['readings']} readings spooled; "
         f"{reads['meters_never_read']} meters never read"
     )
+    if summary["alarms"]:
+        out("alarms: " + ", ".join(f"{k} {v}" for k, v in sorted(summary["alarms"].items())))
     for row in summary["neighbours"]:
         out(
             f"  neighbour {row['meter_id'] or row['mac']}: SNR {row['snr_db']} dB "

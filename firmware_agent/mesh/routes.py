@@ -566,9 +566,9 @@ class RoutingTable:
             return ()
         name = f"{parent.hex()}-{child.hex()}"
         if link.below:
-            return (f"snr {link.snr:.1f} dB < floor {self.snr_floor_db:g} dB on link {name}",)
+            return (f"SNR {link.snr:.1f} dB < floor {self.snr_floor_db:g} dB on link {name}",)
         return (
-            f"snr {link.snr:.1f} dB recovering (needs {self.snr_floor_db + self.hysteresis_db:g}"
+            f"SNR {link.snr:.1f} dB recovering (needs {self.snr_floor_db + self.hysteresis_db:g}"
             f" dB) on link {name}",
         )
 

@@ -90,3 +90,12 @@ def test_multi_hop_capture_decodes_cleanly_in_tshark(tmp_path: Path) -> None:
     assert any(p.endswith("ipv6:udp:data") for p in protocols)  # replies coming up
     assert all(r[2] in ("", "1") for r in rows) and all(r[3] in ("", "1") for r in rows)
     assert len(rows) > 500
+
+
+def test_a_meter_losing_power_sends_a_last_gasp_that_reaches_the_spool_as_an_alarm() -> None:
+    # node-dark: MTR-0007 (a relay next to the gateway) loses power at 2 h, back at 5 h.
+    run, summary = simulate(load_scenario("node-dark"), 5.5 * 3600)
+    assert summary["alarms"].get("last-gasp") == 1
+    assert summary["alarms"].get("power-restored") == 1
+    meter = next(m for m in run.meters if m.meter_id == "MTR-0007")
+    assert meter.node.stats.last_gasps == 1 and meter.node.stats.restored_pushes == 1

@@ -281,7 +281,7 @@ def test_link_cost_from_etx_and_snr_penalty() -> None:
     t.set_link(ROOT, n(1), LinkQuality(192, 3.14), 0)
     path = t.paths(n(1), 0)[0]
     assert not path.usable and path.cost == 3.5
-    assert path.reasons == (f"snr 3.1 dB < floor 6 dB on link {ROOT.hex()}-{n(1).hex()}",)
+    assert path.reasons == (f"SNR 3.1 dB < floor 6 dB on link {ROOT.hex()}-{n(1).hex()}",)
 
 
 def test_worst_snr_and_usability_span_the_whole_path() -> None:
@@ -346,9 +346,9 @@ def test_hysteresis_on_snr_hovering_around_the_floor() -> None:
     assert route == [1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 2, 2, 2]
     link = f"{ROOT.hex()}-{n(1).hex()}"
     assert [(c.at, c.old, c.new, c.reason) for c in t.changes()] == [
-        (3, VIA1, VIA2, f"snr 5.5 dB < floor 6 dB on link {link}"),
+        (3, VIA1, VIA2, f"SNR 5.5 dB < floor 6 dB on link {link}"),
         (11, VIA2, VIA1, "cost 2.98 beats 4.00 by more than 0.5"),  # 9 dB: eligible again
-        (13, VIA1, VIA2, f"snr 5.9 dB < floor 6 dB on link {link}"),
+        (13, VIA1, VIA2, f"SNR 5.9 dB < floor 6 dB on link {link}"),
     ]
     assert heard == t.changes()
 
