@@ -7,6 +7,10 @@ options), so the gateway's production driver is what talks to it.
 ``hil meter serve --udp 127.0.0.1:PORT`` serves one emulated DLMS meter on loopback (optionally
 over TCP too, with suite 0 keys, or misbehaving with ``--fault``) and prints one ``udp HOST:PORT``
 / ``tcp HOST:PORT`` line per address it listens on, until SIGINT/SIGTERM.
+
+``hil headend --broker mqtts://HOST:PORT --pki DIR --listen 127.0.0.1:PORT`` runs the head-end
+simulator (shared-subscription MQTT workers, SQLite store, seed 002 API) and prints its base URL
+as the first stdout line once the workers are subscribed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivers.pty_spawn import WATCH_STDIN_ENV
 from firmware_agent.clock import SystemClock
@@ -35,6 +40,9 @@ from hil.meter.push import PushSetupObject
 from hil.meter.udp import serve_tcp, serve_udp
 from hil.population import asyncio_scheduler, populate, read_mesh_meters
 from hil.rcp import VirtualRcp, serve_pty
+
+if TYPE_CHECKING:
+    from hil.headend.server import HeadEndOptions
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +114,103 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_meter_serve)
+
+    he = sub.add_parser(
+        "headend", help="run the head-end simulator: MQTT workers + the seed 002 readings API"
+    )
+    he.add_argument("--broker", required=True, help="mqtts://HOST:PORT of the broker")
+    he.add_argument("--pki", type=Path, default=None, help="dir with ca.crt, headend.crt/.key")
+    he.add_argument("--ca-file", type=Path, default=None)
+    he.add_argument("--cert-file", type=Path, default=None)
+    he.add_argument("--key-file", type=Path, default=None)
+    he.add_argument(
+        "--listen", type=_host_port, default=("127.0.0.1", 8080), help="HTTP HOST:PORT (0: any)"
+    )
+    he.add_argument("--db", type=Path, default=Path("headend.sqlite"), help="SQLite store")
+    he.add_argument("--export-dir", type=Path, default=None, help="bulk files (default: DB dir)")
+    he.add_argument("--workers", type=int, default=2, help="MQTT workers sharing the load")
+    he.add_argument("--group", default="headend", help="shared subscription group ($share/...)")
+    he.add_argument("--topic-prefix", default="ami")
+    he.add_argument("--client-id", default="headend", help="workers are CLIENT_ID-1, -2, ...")
+    he.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    he.set_defaults(func=_cmd_headend)
     return parser
+
+
+def _headend_options(args: argparse.Namespace) -> HeadEndOptions:
+    """The CLI's arguments as options; ``MeterServeError``-style usage errors as ValueError."""
+    from hil.headend.server import HeadEndOptions
+    from hil.headend.subscriber import HeadEndTls
+    from hil.pki import CertPair
+
+    scheme, sep, rest = args.broker.partition("://")
+    if not sep or scheme != "mqtts":
+        raise ValueError(f"--broker {args.broker!r}: expected mqtts://HOST:PORT")
+    host, port = _host_port(rest)
+    if args.pki is not None:
+        ca = args.ca_file or args.pki / "ca.crt"
+        cert = args.cert_file or args.pki / f"{args.client_id}.crt"
+        key = args.key_file or args.pki / f"{args.client_id}.key"
+    elif args.ca_file and args.cert_file and args.key_file:
+        ca, cert, key = args.ca_file, args.cert_file, args.key_file
+    else:
+        raise ValueError("give --pki DIR or all of --ca-file, --cert-file, --key-file")
+    for what, path in (("CA", ca), ("certificate", cert), ("key", key)):
+        if not Path(path).is_file():
+            raise ValueError(f"{what} file {path} does not exist")
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: at least 1")
+    return HeadEndOptions(
+        broker_host=host,
+        broker_port=port,
+        tls=HeadEndTls(Path(ca), CertPair(Path(cert), Path(key))),
+        db_path=args.db,
+        export_dir=args.export_dir or args.db.resolve().parent / "exports",
+        listen_host=args.listen[0],
+        listen_port=args.listen[1],
+        workers=args.workers,
+        shared_group=args.group,
+        topic_prefix=args.topic_prefix,
+        client_id=args.client_id,
+    )
+
+
+async def _serve_headend(options: HeadEndOptions) -> int:
+    from hil.headend.server import serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def ready(url: str) -> None:
+        print(url, flush=True)
+        log.info("head end serving on %s with %d workers", url, options.workers)
+
+    try:
+        await serve(options, ready, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def _cmd_headend(args: argparse.Namespace) -> int:
+    from hil.headend.store import HeadEndError
+
+    try:
+        options = _headend_options(args)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"hil headend: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve_headend(options))
+    except HeadEndError as exc:
+        print(f"hil headend: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"hil headend: cannot listen: {exc}", file=sys.stderr)
+        return 2
 
 
 def _host_port(text: str) -> tuple[str, int]:

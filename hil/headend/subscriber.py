@@ -16,11 +16,14 @@ import logging
 import sqlite3
 import ssl
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -30,6 +33,18 @@ from hil.headend.store import HeadEndError, InvalidMessage, ReadingStore
 from hil.pki import CertPair, Pki
 
 log = logging.getLogger("hil.headend")
+
+
+@dataclass(frozen=True)
+class HeadEndTls:
+    """The head end's credentials when they do not come from a generated ``Pki``."""
+
+    ca_file: Path
+    cert: CertPair
+
+    @classmethod
+    def of(cls, pki: Pki | HeadEndTls) -> HeadEndTls:
+        return pki if isinstance(pki, HeadEndTls) else cls(pki.ca_cert, pki.headend)
 
 
 def _client_context(ca_file: str, pair: CertPair) -> ssl.SSLContext:
@@ -47,7 +62,7 @@ class HeadEnd:
         self,
         host: str,
         port: int,
-        pki: Pki,
+        pki: Pki | HeadEndTls,
         *,
         topic_prefix: str = "ami",
         client_id: str = "headend",
@@ -55,6 +70,7 @@ class HeadEnd:
         timeout: float = 10.0,
         shared_group: str | None = None,
         db: HeadEndDb | None = None,
+        session_expiry_s: int = 0,
     ) -> None:
         if shared_group is not None:
             payloads.check_topic_level("shared_group", shared_group)
@@ -67,6 +83,9 @@ class HeadEnd:
         self.timeout = timeout
         self.shared_group = shared_group
         self.db = db
+        # > 0: a persistent session (clean_start off), so a broker that persists sessions keeps
+        # queuing our messages while we are away or while it restarts, as a real head end needs.
+        self.session_expiry_s = session_expiry_s
         self._client: paho.Client | None = None
         self._subscribed = threading.Event()
         self._error = ""
@@ -78,7 +97,8 @@ class HeadEnd:
         client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
         )
-        client.tls_set_context(_client_context(str(self.pki.ca_cert), self.pki.headend))
+        tls = HeadEndTls.of(self.pki)
+        client.tls_set_context(_client_context(str(tls.ca_file), tls.cert))
         # Come back at once after a broker restart (tests restart the broker on purpose): the
         # broker keeps no session for us, so what is published before we re-subscribe is lost
         # to us. (paho annotates the delays as int; its wait loop takes fractions.)
@@ -88,7 +108,16 @@ class HeadEnd:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         try:
-            client.connect(self.host, self.port, keepalive=30, clean_start=True)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            if self.session_expiry_s > 0:
+                props.SessionExpiryInterval = self.session_expiry_s
+            client.connect(
+                self.host,
+                self.port,
+                keepalive=30,
+                clean_start=self.session_expiry_s <= 0,
+                properties=props,
+            )
         except (OSError, ssl.SSLError) as e:
             raise HeadEndError(f"head end cannot connect to {self.host}:{self.port}: {e}") from e
         self._client = client
