@@ -35,11 +35,13 @@ from firmware_agent.clock import ManualClock
 from firmware_agent.collector import obis
 from firmware_agent.collector.ciphering import Suite0
 from firmware_agent.collector.counters import CounterStore
+from firmware_agent.collector.drive import run_exchange
 from firmware_agent.collector.keys import MeterKeys
 from firmware_agent.collector.link import UdpMeterLink
 from firmware_agent.collector.session import DlmsSession, Exchange, Suite0Security
 from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.model import MeterModel
+from hil.meter.rig import DEMO_AK, DEMO_EK, DEMO_GATEWAY_TITLE, DEMO_METER_TITLE, drive
 from hil.meter.udp import serve_udp
 
 NOW = 1_700_000_000.0
@@ -50,21 +52,15 @@ ROUNDS = 3
 READ_ROUNDS = 6
 DECODE_TARGET = 0.8
 SUITE0_TARGET = 0.5
-EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
-AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")
-METER_TITLE = bytes.fromhex("4D4D4D0000000001")
-GATEWAY_TITLE = bytes.fromhex("4757000000000001")
+EK, AK = DEMO_EK, DEMO_AK
+METER_TITLE, GATEWAY_TITLE = DEMO_METER_TITLE, DEMO_GATEWAY_TITLE
 
 
 def _drive(server: MeterServer, exchange: Exchange[object]) -> bytes:
-    frame: bytes | None = exchange.request
-    last = b""
-    while frame is not None:
-        reply = server.handle(frame)
-        assert reply is not None, server.last_fault
-        last = reply
-        frame = exchange.feed(reply)
-    return last
+    """The exchange in-process; returns the last reply frame (the bytes both decoders get)."""
+    replies: list[bytes] = []
+    drive(server, exchange, replies)
+    return replies[-1]
 
 
 def profile_reply() -> tuple[bytes, datetime, datetime]:
@@ -119,10 +115,7 @@ def bench_ours(frame: bytes, start: datetime, end: datetime) -> float:
 
 
 async def _over(link: UdpMeterLink, exchange: Exchange[object]) -> object:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        frame = exchange.feed(await link.request(frame, 5.0))
-    return exchange.result
+    return await run_exchange(link, exchange, 5.0)
 
 
 async def bench_reads(secured: bool, db: Path) -> float:

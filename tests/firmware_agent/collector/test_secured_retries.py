@@ -33,15 +33,13 @@ from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.faults import Fault, FaultKind, FaultyMeter
 from hil.meter.image import seal
 from hil.meter.model import MeterModel
-from hil.meter.rig import drive
+from hil.meter.rig import DEMO_AK, DEMO_EK, DEMO_GATEWAY_TITLE, DEMO_METER_TITLE, drive
 from hil.meter.udp import serve_udp
 
 T = TypeVar("T")
 NOW = 1_700_000_000.0
-EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
-AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")
-METER_TITLE = bytes.fromhex("4D4D4D0000000001")
-GATEWAY_TITLE = bytes.fromhex("4757000000000001")
+EK, AK = DEMO_EK, DEMO_AK
+METER_TITLE, GATEWAY_TITLE = DEMO_METER_TITLE, DEMO_GATEWAY_TITLE
 KEYS = MeterKeys("MTR-R", EK, AK, METER_TITLE)
 
 

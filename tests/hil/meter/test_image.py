@@ -14,13 +14,13 @@ from gurux_dlms.objects import GXDLMSData, GXDLMSImageTransfer
 
 from firmware_agent.clock import ManualClock
 from firmware_agent.collector import obis
+from firmware_agent.collector.firmware import TransferStatus
 from firmware_agent.collector.session import DlmsSession
 from hil.meter import axdr
 from hil.meter.dlms_server import MeterServer
 from hil.meter.image import (
     ACTIVE_FIRMWARE_ID,
     ImageTransferObject,
-    TransferStatus,
     bit_string,
     image_objects,
     seal,

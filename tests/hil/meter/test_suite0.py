@@ -22,6 +22,7 @@ from firmware_agent.clock import ManualClock
 from firmware_agent.collector import obis
 from firmware_agent.collector.ciphering import Suite0
 from firmware_agent.collector.counters import CounterStore
+from firmware_agent.collector.drive import run_exchange
 from firmware_agent.collector.keys import MeterKeys
 from firmware_agent.collector.link import UdpMeterLink
 from firmware_agent.collector.security_reset import security_reset
@@ -36,15 +37,13 @@ from firmware_agent.collector.session import (
 from firmware_agent.collector.wrapper import build_frame, parse_frame
 from hil.meter.dlms_server import MeterServer, ServerSecurity
 from hil.meter.model import MeterModel
-from hil.meter.rig import drive
+from hil.meter.rig import DEMO_AK, DEMO_EK, DEMO_GATEWAY_TITLE, DEMO_METER_TITLE, drive
 from hil.meter.udp import serve_udp
 
 T = TypeVar("T")
 NOW = 1_700_000_000.0
-EK = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
-AK = bytes.fromhex("D0D1D2D3D4D5D6D7D8D9DADBDCDDDEDF")
-METER_TITLE = bytes.fromhex("4D4D4D0000000001")
-GATEWAY_TITLE = bytes.fromhex("4757000000000001")
+EK, AK = DEMO_EK, DEMO_AK
+METER_TITLE, GATEWAY_TITLE = DEMO_METER_TITLE, DEMO_GATEWAY_TITLE
 MANAGEMENT = 1
 
 
@@ -84,10 +83,7 @@ async def udp(server: MeterServer) -> AsyncIterator[UdpMeterLink]:
 
 
 async def over(link: UdpMeterLink, exchange: Exchange[T]) -> T:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        frame = exchange.feed(await link.request(frame, 5.0))
-    return exchange.result
+    return await run_exchange(link, exchange, 5.0)
 
 
 # ---------------------------------------------------------------------------------- gurux
