@@ -10,7 +10,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,39 @@ from firmware_agent.uplink.tls import TlsSetupError
 from hil.broker import Mosquitto
 from hil.pki import Pki, generate_pki, issue_client
 
-from .test_uplink_mqtt import eventually, readings, run_with_uplink
-
 GATEWAY = "gateway-01"
+
+
+def readings(n: int, meter: str = "m1") -> list[tuple[dict[str, Any], str]]:
+    return [
+        ({"device_id": meter, "time": i, "kw": 0.5 + i}, f"{meter}/1.0.1.8.0.255/{i}")
+        for i in range(n)
+    ]
+
+
+async def eventually(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run_with_uplink(
+    uplink: Uplink, body: Callable[[Uplink], Awaitable[None]], timeout: float = 30.0
+) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(uplink.run())
+        try:
+            await asyncio.wait_for(body(uplink), timeout)
+        finally:
+            await uplink.stop(flush_timeout=1.0)
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+
+
 FAST = UplinkTuning(
     backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeout_s=2.0, poll_interval_s=0.2
 )
