@@ -26,7 +26,8 @@ RELEASE_WAIT_S = 0.5
 class PingResult:
     meter_id: str
     reachable: bool
-    round_trip_s: float | None  # AARQ -> AARE on the monotonic clock; None when not reachable
+    round_trip_s: float | None = None  # AARQ -> AARE on the monotonic clock; None: no answer
+    hops: int | None = None  # on the preferred mesh path, filled in by whoever knows the mesh
     error: str | None = None  # why not reachable: the link's or the DLMS error, named
 
 
@@ -49,7 +50,7 @@ async def ping_meter(
     try:
         await run_exchange(link, session.associate(), timeout_s)
     except (LinkError, DlmsError) as exc:
-        return PingResult(meter.id, False, None, f"{type(exc).__name__}: {exc}")
+        return PingResult(meter.id, False, error=f"{type(exc).__name__}: {exc}")
     round_trip = clock.monotonic() - start
     # the meter answered the AARQ; a lost RLRE changes nothing
     await release_quietly(link, session, min(RELEASE_WAIT_S, timeout_s))

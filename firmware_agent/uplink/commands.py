@@ -39,17 +39,17 @@ from typing import Any, Protocol
 
 from firmware_agent.clock import Clock
 from firmware_agent.collector.firmware import FirmwareImage, PushResult
-from firmware_agent.collector.link import LinkError, MeterLink
+from firmware_agent.collector.link import LinkError
+from firmware_agent.collector.ping import PingResult
 from firmware_agent.collector.reader import MeterReadError
 from firmware_agent.collector.security_reset import ResetResult
-from firmware_agent.collector.session import DlmsError, DlmsSession, Exchange
+from firmware_agent.collector.session import DlmsError
 from firmware_agent.mesh.routes import RoutingTable
 from firmware_agent.uplink import cim
 from firmware_agent.uplink.outage import (
     MeterState,
     MeterStatusResponder,
     OutageConfig,
-    PingResult,
     Sleep,
 )
 from firmware_agent.uplink.payloads import iso_utc
@@ -540,41 +540,6 @@ class CommandDispatcher:
 
 
 # -- helpers the agent can use to implement GatewayOperations ----------------------------------
-async def _drive(link: MeterLink, exchange: Exchange[Any], timeout: float) -> Any:
-    frame: bytes | None = exchange.request
-    while frame is not None:
-        frame = exchange.feed(await link.request(frame, timeout))
-    return exchange.result
-
-
-async def dlms_ping(
-    meter_id: str,
-    link: MeterLink,
-    session: DlmsSession,
-    timeout_s: float,
-    clock: Clock,
-    *,
-    hops: int | None = None,
-) -> PingResult:
-    """A ping as a short DLMS exchange: associate (AARQ/AARE) and release. Reachable if the
-    association succeeds; ``round_trip_s`` is the association's time. Link and DLMS failures
-    become an unreachable result naming the error. Hold the meter's lock around it (the
-    collector's ``exclusive``): frames of two exchanges must not interleave on one link."""
-    start = clock.monotonic()
-    try:
-        await _drive(link, session.associate(), timeout_s)
-    except (LinkError, DlmsError, TimeoutError) as e:
-        return PingResult(meter_id, False, None, hops, f"{type(e).__name__}: {e}")
-    rtt = clock.monotonic() - start
-    if session.associated:
-        remaining = max(0.1, timeout_s - rtt)
-        try:
-            await _drive(link, session.release(), remaining)
-        except (LinkError, DlmsError, TimeoutError) as e:
-            log.debug("ping %s: release failed (%s); the meter answered anyway", meter_id, e)
-    return PingResult(meter_id, True, rtt, hops)
-
-
 def format_eui64(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
@@ -604,7 +569,6 @@ __all__ = [
     "MeterState",
     "PingResult",
     "decode_image",
-    "dlms_ping",
     "format_eui64",
     "mesh_paths",
     "parse_json_request",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from firmware_agent.clock import Clock
+from firmware_agent.collector.ping import PingResult
 from firmware_agent.uplink import cim, payloads
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,6 @@ POWER_UNKNOWN = "unknown"
 ALARM_EVENTS = {"last-gasp": POWER_DOWN, "power-restored": POWER_UP}
 EVENT_KIND = "cim"  # unsolicited REPLYs go to <prefix>/<gateway>/events/cim
 CONTENT_TYPE_XML = "application/xml"
-
-
-@dataclass(frozen=True)
-class PingResult:
-    meter_id: str
-    reachable: bool
-    round_trip_s: float | None = None
-    hops: int | None = None  # on the preferred mesh path; None for IP meters / unknown
-    error: str | None = None  # why not reachable
 
 
 @dataclass(frozen=True)
@@ -274,7 +266,7 @@ def _alarm_fields(alarm: Any) -> tuple[str, str, str]:
 def outage_events(
     alarms: Iterable[Any], categories: Mapping[str, str] | None = None
 ) -> list[cim.EndDeviceEvent]:
-    """Last-gasp and power-restored alarms (``PushAlarm`` or its ``to_dict()`` record) →
+    """Last-gasp and power-restored alarms (``records.Alarm`` or its ``to_dict()`` record) →
     EndDeviceEvents grouped by (category, createdDateTime = the meter's event time, to the
     second). Other alarms are skipped."""
     table = categories or DEFAULT_CATEGORIES

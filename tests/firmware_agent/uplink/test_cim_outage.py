@@ -10,13 +10,13 @@ from collections.abc import Sequence
 import pytest
 
 from firmware_agent.clock import ManualClock
+from firmware_agent.collector.ping import PingResult
 from firmware_agent.collector.push import parse_push
 from firmware_agent.uplink import cim, outage
 from firmware_agent.uplink.outage import (
     MeterState,
     MeterStatusResponder,
     OutageConfig,
-    PingResult,
     power_state,
 )
 from hil.meter.push import MeterEvent, PushSource

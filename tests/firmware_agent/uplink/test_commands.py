@@ -1,6 +1,6 @@
 """The command dispatcher against a gateway made of real parts: the real Collector reading
 emulated meters (hil MeterServer with image transfer) over loopback UDP, real SQLite spool and
-counter store, a real routing table; ping is the DLMS associate/release of ``dlms_ping``; a dark
+counter store, a real routing table; ping is the collector's public-client associate/release (``ping_meter``); a dark
 meter is a meter whose UDP service was closed. Requests and responses are validated against the
 JSON Schemas in docs/schemas/."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,9 +25,9 @@ from firmware_agent.clock import SystemClock
 from firmware_agent.collector.counters import CounterStore
 from firmware_agent.collector.firmware import FirmwareImage, PushResult, ThroughputLimit, push_group
 from firmware_agent.collector.link import UdpMeterLink
+from firmware_agent.collector.ping import PingResult, ping_meter
 from firmware_agent.collector.scheduler import Collector
 from firmware_agent.collector.security_reset import ResetResult, security_reset
-from firmware_agent.collector.session import DlmsSession
 from firmware_agent.config import CollectorConfig, MeterConfig
 from firmware_agent.mesh.routes import LinkQuality, RoutingTable, Transit
 from firmware_agent.spool import Priority, Spool
@@ -35,10 +36,9 @@ from firmware_agent.uplink.commands import (
     CommandDispatcher,
     CommandsConfig,
     MeshPath,
-    dlms_ping,
     mesh_paths,
 )
-from firmware_agent.uplink.outage import MeterState, OutageConfig, PingResult, power_state
+from firmware_agent.uplink.outage import MeterState, OutageConfig, power_state
 from firmware_agent.uplink.requests import CommandRequest, CommandResponse
 from hil.meter.dlms_server import MeterServer
 from hil.meter.image import image_objects, seal
@@ -145,9 +145,8 @@ class Gateway:
     async def ping(self, meter_id: str, timeout_s: float) -> PingResult:
         assert self.collector is not None
         async with self.collector.exclusive(meter_id) as m:
-            session = DlmsSession(m.client_address, m.server_address)
-            return await dlms_ping(meter_id, self.links[meter_id], session, timeout_s, self.clock,
-                                   hops=2)  # fmt: skip
+            result = await ping_meter(self.links[meter_id], m, timeout_s, clock=self.clock)
+            return dataclasses.replace(result, hops=2)
 
     async def read_now(self, meter_id: str, what: str) -> list[dict[str, Any]]:
         assert self.collector is not None
