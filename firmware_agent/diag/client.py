@@ -157,6 +157,20 @@ def classify(exc: BaseException, target: Target) -> DiagClientError:
     return ProtocolFailure(f"{where}: {exc!r}")
 
 
+def _dropped_after_handshake(exc: BaseException, target: Target) -> DiagClientError:
+    """With TLS 1.3 the client's handshake completes before the server has checked our
+    certificate; a server that rejects it then just closes (our server does not get to send the
+    alert). A fresh connection that drops at once after a good handshake is that."""
+    if isinstance(exc, ssl.SSLError) and (exc.reason or "") in CLIENT_CERT_ALERTS:
+        return classify(exc, target)
+    host, port = target.host_port
+    return BadCertificate(
+        f"the gateway at {host}:{port} refused our technician certificate {target.cert}: it "
+        "closed the connection right after the TLS handshake (under TLS 1.3 a rejected client "
+        "certificate shows this way; the gateway's log names the reason)"
+    )
+
+
 def _hung_up(where: str) -> Refused:
     return Refused(
         f"{where} closed the connection during TLS: this address may be blocked after "
@@ -218,15 +232,22 @@ class DiagClient:
         for attempt in (1, 2):
             reused = self._conn is not None and self._conn.sock is not None
             conn = self._connection()
+            if not reused:
+                try:
+                    conn.connect()  # TCP + TLS handshake: failures here are "before TLS"
+                except (OSError, http.client.HTTPException) as exc:
+                    self.close()
+                    raise classify(exc, self.target) from None
             try:
                 conn.request(method, path, body=data, headers=headers)
                 response = conn.getresponse()
                 raw = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError) as exc:  # fmt: skip
                 self.close()
                 if reused and attempt == 1:
                     continue  # the server closed an idle keep-alive connection: once more
-                raise classify(exc, self.target) from None
+                raise _dropped_after_handshake(exc, self.target) from None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise classify(exc, self.target) from None
