@@ -49,3 +49,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info
+
+.PHONY: install
+# Install or upgrade on a gateway, as root (docs/install.md). Offline: INSTALL_ARGS="--pip-args
+# '--no-index --find-links DIR'"; start too: INSTALL_ARGS=--enable.
+install:
+	sh scripts/install.sh $(INSTALL_ARGS)
