@@ -45,17 +45,20 @@ from firmware_agent.collector.keys import MeterKeys, load_keys
 from firmware_agent.collector.link import MeterLink, TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.push_listener import PushListener
 from firmware_agent.collector.quarantine import Quarantine
-from firmware_agent.collector.reader import SessionFactory
+from firmware_agent.collector.records import Alarm
 from firmware_agent.collector.scheduler import Collector, MeterStatus, state_path
 from firmware_agent.collector.security_reset import ResetResult, security_reset
-from firmware_agent.collector.session import session_factory
+from firmware_agent.collector.session import SessionFactory, session_factory
 from firmware_agent.config import Config, ConfigError, MeterConfig
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
-from firmware_agent.spool import Spool
-from firmware_agent.uplink.mqtt import Uplink
+from firmware_agent.operations import AgentOperations, commands_config
+from firmware_agent.spool import Priority, Spool
+from firmware_agent.uplink import outage
+from firmware_agent.uplink.commands import CommandDispatcher
+from firmware_agent.uplink.mqtt import Uplink, UplinkTuning
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +237,8 @@ class Agent:
         self.uplink: Uplink | None = None
         self.collector: Collector | None = None
         self.pushes: push.PushReceiver | None = None
+        self.operations = AgentOperations(self, config.uplink.commands.firmware_dir)
+        self.commands: CommandDispatcher | None = None
         self.push_listener: PushListener | None = None
         self.quarantine: Quarantine | None = None
         self.counters: CounterStore | None = None
@@ -248,7 +253,7 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    def _link_for(self, meter: MeterConfig) -> MeterLink:
+    def link_for(self, meter: MeterConfig) -> MeterLink:
         link = self._links.get(meter.id)
         if link is None:
             if meter.transport == "mesh":
@@ -343,6 +348,15 @@ class Agent:
 
         return unwrap
 
+    def _on_alarm(self, alarm: Alarm) -> None:
+        """A push became an alarm (already spooled): outages and restorations also go to the
+        OMS as unsolicited CIM REPLYs, through the spool like everything else."""
+        self.operations.on_alarm(alarm)
+        categories = {**outage.DEFAULT_CATEGORIES, **self.config.uplink.commands.oms.categories}
+        entry = outage.outage_record(alarm, now=self.clock.now(), categories=categories)
+        if entry is not None and self.spool is not None:
+            self.spool.add([entry], Priority.ALARM)
+
     def _on_mesh_push(self, src_mac: bytes, frame: bytes) -> None:
         meter = self._mesh_meters.get(src_mac)
         if meter is None:
@@ -386,13 +400,32 @@ class Agent:
         )
         self.spool = Spool(cfg.spool.path, self.clock)
         if self.with_uplink:
-            self.uplink = Uplink(cfg.uplink, cfg.gateway.id, self.spool, self.clock)
+            self.commands = CommandDispatcher(
+                self.operations, self.clock, commands_config(cfg.uplink.commands)
+            )
+            self.uplink = Uplink(
+                cfg.uplink,
+                cfg.gateway.id,
+                self.spool,
+                self.clock,
+                rng=self.rng,
+                tuning=UplinkTuning(
+                    stall_timeout_s=cfg.uplink.stall_timeout_s,
+                    clock_skew_limit_s=cfg.uplink.clock_skew_limit_s,
+                    cert_warning_days=cfg.uplink.cert_warning_days,
+                ),
+                command_handler=self.commands.handle,
+            )
+            # MeterStatusData answers too big for one message go out in several; the CIM
+            # Header Timestamps feed the uplink's clock-skew check.
+            self.commands.respond = self.uplink.respond
+            self.commands.on_reference_time = self.uplink.observe_reference_time
         state = state_path(cfg)
         self.quarantine, marks = Quarantine(state, self.clock), ProfileMarks(state)
         self._state_stores = [self.quarantine, marks]
         self.collector = Collector(
             cfg.meters,
-            self._link_for,
+            self.link_for,
             self.spool,
             self.clock,
             cfg.collector,
@@ -402,7 +435,11 @@ class Agent:
             session_factory=self._sessions,
         )
         self.pushes = push.PushReceiver(
-            self.spool, self.clock, quarantine=self.quarantine, unwrap_for=self._push_unwrap
+            self.spool,
+            self.clock,
+            quarantine=self.quarantine,
+            unwrap_for=self._push_unwrap,
+            listener=self._on_alarm,
         )
         if cfg.collector.push_bind is not None:
             self.push_listener = PushListener(
@@ -538,7 +575,14 @@ class Agent:
 
     # --- operations (commands from the head end and the diag API call these) --------------------
 
-    def _meter(self, meter_id: str) -> MeterConfig:
+    def hops(self, meter: MeterConfig) -> int | None:
+        """Hops on the meter's preferred mesh path now; None for IP meters and unjoined ones."""
+        if self.stack is None or meter.transport != "mesh":
+            return None
+        route = self.stack.routes.source_route(eui64(meter.address), self.clock.monotonic())
+        return None if route is None else len(route)
+
+    def meter(self, meter_id: str) -> MeterConfig:
         for m in self.config.meters:
             if m.id == meter_id:
                 return m
@@ -548,12 +592,12 @@ class Agent:
         """Resynchronise our invocation counter with what ``meter_id`` last accepted (after a
         MAC Fail): read 0.0.43.1.0.255 as the public client, send from its value + 1 on. Runs
         under the meter's collector lock, so no read is interleaved with it."""
-        meter = self._meter(meter_id)
+        meter = self.meter(meter_id)
         if self.counters is None or self.collector is None:
             raise RuntimeError("security reset needs a running agent with a security section")
         async with self.collector.exclusive(meter.id):
             result = await security_reset(
-                self._link_for(meter),
+                self.link_for(meter),
                 meter.id,
                 self.counters,
                 server_address=meter.server_address,
@@ -575,13 +619,13 @@ class Agent:
     ) -> list[PushResult]:
         """Push ``image`` to a group of meters under one shared byte-rate limit."""
         cfg = self.config.collector
-        meters = [self._meter(m) for m in meter_ids]
+        meters = [self.meter(m) for m in meter_ids]
         limit = ThroughputLimit(bytes_per_s or cfg.firmware_bytes_per_s, self.clock, asyncio.sleep)
         kwargs: dict[str, object] = {"timeout": cfg.timeout_s, "retries": cfg.retries}
         if self._sessions is not None:
             kwargs["session_factory"] = self._sessions
         return await push_group(
-            [(m, self._link_for(m)) for m in meters],
+            [(m, self.link_for(m)) for m in meters],
             image,
             limit,
             concurrency=cfg.firmware_concurrency,
@@ -594,11 +638,10 @@ class Agent:
         if self.collector is not None:
             now = self.clock.monotonic()
             for m in self.config.meters:
-                nb, hops = None, None
+                nb, hops = None, self.hops(m)
                 if self.stack is not None and m.transport == "mesh":
                     mac = eui64(m.address)
                     route = self.stack.routes.source_route(mac, now)
-                    hops = None if route is None else len(route)
                     nb = self.stack.neighbours.get(route[0] if route else mac)
                 meters.append(MeterView(m, self.collector.status[m.id], nb, hops))
         stats = self.uplink.stats if self.uplink is not None else None

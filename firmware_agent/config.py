@@ -412,6 +412,59 @@ class TlsConfig:
     version: str = field(default="1.3", metadata=rules(one_of("1.2", "1.3")))
 
 
+CIM_CATEGORY_KEYS = ("power-down", "power-up", "no-response")
+
+
+def cim_categories(value: Any, _: Mapping[str, Any]) -> None:
+    """IEC 61968-9 status category codes by status: ``#.#.#.#`` for the keys we know."""
+    if not isinstance(value, dict):
+        raise InvalidValue(f"must map statuses {list(CIM_CATEGORY_KEYS)} to codes like 3.26.0.47")
+    for key, code in value.items():
+        if key not in CIM_CATEGORY_KEYS:
+            known = list(CIM_CATEGORY_KEYS)
+            raise InvalidValue(f"unknown status {key!r}; the statuses are {known}")
+        if not re.fullmatch(r"\d{1,5}\.\d{1,5}\.\d{1,5}\.\d{1,5}", str(code)):
+            raise InvalidValue(f"{key}: {code!r} is not a category code like 3.26.0.47")
+
+
+def readable_dir(value: Any, _: Mapping[str, Any]) -> None:
+    if value is None:
+        return
+    path = Path(value)
+    if not path.is_dir():
+        raise InvalidValue(f"directory not found: {path}")
+
+
+@dataclass(frozen=True)
+class OmsConfig:
+    """The OMS interface (seed 003): MeterStatusData GETs answered by category."""
+
+    # Status -> category code; statuses left out keep their default.
+    categories: dict[str, str] = field(
+        default_factory=lambda: {
+            "power-down": "3.26.0.47",
+            "power-up": "3.26.0.216",
+            "no-response": "0.0.0.0",
+        },
+        metadata=rules(cim_categories),
+    )
+    default_respond_s: float = field(default=30.0, metadata=rules(positive))
+    max_respond_s: float = field(default=240.0, metadata=rules(positive))
+    ping_timeout_s: float = field(default=10.0, metadata=rules(positive))
+    ping_concurrency: int = field(default=16, metadata=rules(in_range(1, 1000)))
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    """Head-end commands over MQTT v5 request/response."""
+
+    # Where staged firmware images are (firmware-push by name); none: inline images only.
+    firmware_dir: Path | None = field(default=None, metadata=rules(readable_dir))
+    timeout_s: float = field(default=60.0, metadata=rules(positive))
+    ping_timeout_s: float = field(default=5.0, metadata=rules(positive))
+    oms: OmsConfig = field(default_factory=OmsConfig)
+
+
 @dataclass(frozen=True)
 class UplinkConfig:
     broker_url: str = field(metadata=rules(broker_url))
@@ -420,6 +473,13 @@ class UplinkConfig:
     keepalive_s: int = field(default=30, metadata=rules(positive))
     max_inflight: int = field(default=20, metadata=rules(positive))
     batch_max_records: int = field(default=50, metadata=rules(positive))
+    # In-flight messages with no PUBACK for this long: the connection is taken as stalled.
+    stall_timeout_s: float = field(default=60.0, metadata=rules(positive))
+    # Our clock off from the head end's by more than this is reported (seed 000 FAQ).
+    clock_skew_limit_s: float = field(default=300.0, metadata=rules(positive))
+    # Warn this many days before the client certificate expires.
+    cert_warning_days: int = field(default=30, metadata=rules(in_range(0, 3650)))
+    commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @property
     def host(self) -> str:

@@ -6,9 +6,11 @@ under the configured byte-rate budget. Real sockets, real SQLite files, the agen
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -30,6 +32,10 @@ from firmware_agent.config import (
     UplinkConfig,
 )
 from firmware_agent.spool import Priority, SpoolRecord
+from firmware_agent.uplink import cim
+from hil.broker import Mosquitto
+from hil.env import HilEnv
+from hil.headend.requester import REPLIES, CommandRequester
 from hil.loop import register
 from hil.medium import Medium
 from hil.meter.dlms_server import MeterServer, ServerSecurity
@@ -38,6 +44,7 @@ from hil.meter.model import MeterModel
 from hil.meter.objects import build_directory
 from hil.meter.push import PushSource
 from hil.meter.udp import serve_udp
+from hil.pki import Pki
 from hil.rcp import VirtualRcp
 
 EK = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -53,7 +60,14 @@ def free_udp_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def config(tmp_path: Path, plain_port: int, secure_port: int, push_port: int) -> Config:
+def config(
+    tmp_path: Path,
+    plain_port: int,
+    secure_port: int,
+    push_port: int,
+    uplink: UplinkConfig | None = None,
+    gateway_id: str = "gw-test",
+) -> Config:
     keys = tmp_path / "keys.yaml"
     keys.write_text(
         f"MTR-S:\n  block_cipher_key: {EK.hex()}\n  authentication_key: {AK.hex()}\n"
@@ -62,9 +76,9 @@ def config(tmp_path: Path, plain_port: int, secure_port: int, push_port: int) ->
     os.chmod(keys, 0o600)
     tls = TlsConfig(tmp_path / "ca.crt", tmp_path / "gw.crt", tmp_path / "gw.key")
     return Config(
-        gateway=GatewayConfig(id="gw-test"),
+        gateway=GatewayConfig(id=gateway_id),
         radio=RadioConfig(url="spinel+loop://gw", channel=0, tx_power_dbm=14),
-        uplink=UplinkConfig(broker_url="mqtts://127.0.0.1:8883", tls=tls),
+        uplink=uplink or UplinkConfig(broker_url="mqtts://127.0.0.1:8883", tls=tls),
         spool=SpoolConfig(path=tmp_path / "spool.sqlite"),
         meters=(
             MeterConfig(id="MTR-P", transport="udp", address=PLAIN_HOST, port=plain_port),
@@ -95,6 +109,14 @@ def config(tmp_path: Path, plain_port: int, secure_port: int, push_port: int) ->
             client_system_title=GATEWAY_TITLE,
         ),
     )
+
+
+def status_get(meters: list[str], respond_by: float, correlation: str = "cim-1") -> bytes:
+    """The OMS's MeterStatusData GET (seed 003) for ``meters``, due by ``respond_by``."""
+    now = cim.cim_time(time.time())
+    event = cim.EndDeviceEvent("0.0.0.0", now, tuple(meters))
+    msg = cim.CimMessage("GET", cim.NOUN, now, (event,), correlation, cim.cim_time(respond_by))
+    return cim.build_message(msg)
 
 
 def registry_with_radio() -> Registry:
@@ -202,5 +224,84 @@ def test_agent_reads_plain_and_suite0_meters_takes_pushes_and_recovers_a_desync(
             assert await task == 0
             plain_svc.close()
             secure_svc.close()
+
+    run(scenario)
+
+
+def test_head_end_commands_reach_the_agent_through_mosquitto(
+    tmp_path: Path, hil_pki: Pki, broker: Mosquitto, hil_env: HilEnv
+) -> None:
+    """The head end pings a meter and asks the OMS question (CIM MeterStatusData) through a
+    real mosquitto with mTLS; the agent answers from its collector. The dark meter's last gasp
+    also reaches the head end unsolicited, as a CIM REPLY without a CorrelationID."""
+    clock = SystemClock()
+    plain = MeterServer(MeterModel("MTR-P", random.Random(5)), clock)
+    secure = MeterServer(
+        MeterModel("MTR-S", random.Random(6)),
+        clock,
+        security=ServerSecurity(Suite0(EK, AK), METER_TITLE, random.Random(7)),
+    )
+    gateway = hil_env.gateway_id
+    pair = hil_pki.client(gateway)
+    uplink = UplinkConfig(
+        broker_url=f"mqtts://{broker.host}:{broker.port}",
+        tls=TlsConfig(hil_pki.ca_cert, pair.cert, pair.key),
+    )
+    events = f"ami/{gateway}/events/cim"
+
+    async def scenario() -> None:
+        plain_svc = await serve_udp({1: plain}, PLAIN_HOST)
+        secure_svc = await serve_udp({1: secure}, SECURE_HOST)
+        push_port = free_udp_port("127.0.0.1")
+        cfg = config(tmp_path, plain_svc.port, secure_svc.port, push_port, uplink, gateway)
+        agent = Agent(cfg, clock, random.Random(3), registry_with_radio())
+        task = asyncio.create_task(agent.run())
+        with CommandRequester(hil_pki, broker, (REPLIES, events), gateway=gateway) as he:
+            try:
+                await until(
+                    lambda: agent.uplink is not None and agent.uplink.stats.connected,
+                    10,
+                    "the uplink",
+                )
+                await asyncio.sleep(0.3)  # the command subscription's SUBACK
+                he.request("ping", json.dumps({"meter_id": "MTR-S"}).encode(), correlation=b"p1")
+                [reply] = await he.wait_for(1, 10)
+                assert reply.prop("CorrelationData") == b"p1"
+                answer = json.loads(reply.payload)
+                assert answer["status"] == "ok", answer
+                assert answer["result"]["reachable"] is True, answer
+                assert answer["result"]["meter_id"] == "MTR-S"
+
+                # MTR-P goes dark after its last gasp; MTR-S answers.
+                sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sender.bind((PLAIN_HOST, 0))
+                sender.sendto(PushSource("MTR-P").last_gasp(clock.now()), ("127.0.0.1", push_port))
+                sender.close()
+                plain_svc.close()
+                [event] = await he.wait_for(1, 10, topic=events)
+                outage_msg = cim.parse_message(event.payload)
+                assert outage_msg.correlation_id is None  # unsolicited
+                assert [(e.category, e.assets) for e in outage_msg.events] == [
+                    ("3.26.0.47", ("MTR-P",))
+                ]
+
+                he.request(
+                    "meter-status",
+                    status_get(["MTR-P", "MTR-S"], clock.now() + 6),
+                    correlation=b"cim-1",
+                    content_type="application/xml",
+                )
+                replies = await he.wait_for(2, 15)
+                cim_reply = replies[-1]
+                assert cim_reply.prop("CorrelationData") == b"cim-1"
+                reply_msg = cim.parse_message(cim_reply.payload)
+                assert (reply_msg.verb, reply_msg.correlation_id) == ("REPLY", "cim-1")
+                assert reply_msg.reply_code == "0.0"
+                by_category = {e.category: e.assets for e in reply_msg.events}
+                assert by_category == {"3.26.0.47": ("MTR-P",), "3.26.0.216": ("MTR-S",)}
+            finally:
+                agent.stop()
+                assert await task == 0
+                secure_svc.close()
 
     run(scenario)

@@ -1,8 +1,8 @@
 """The command dispatcher against a gateway made of real parts: the real Collector reading
 emulated meters (hil MeterServer with image transfer) over loopback UDP, real SQLite spool and
-counter store, a real routing table; ping is the collector's public-client associate/release (``ping_meter``); a dark
-meter is a meter whose UDP service was closed. Requests and responses are validated against the
-JSON Schemas in docs/schemas/."""
+counter store, a real routing table; ping is the collector's public-client associate/release
+(``ping_meter``); a dark meter is a meter whose UDP service was closed. Requests and responses
+are validated against the JSON Schemas in docs/schemas/."""
 
 from __future__ import annotations
 

@@ -23,11 +23,12 @@ from firmware_agent.uplink.commands import CommandDispatcher, CommandsConfig
 from firmware_agent.uplink.mqtt import Uplink
 from firmware_agent.uplink.outage import OutageConfig, outage_record
 from hil.broker import Mosquitto
+from hil.headend.requester import CommandRequester
 from hil.meter.push import PushSource
 from hil.pki import Pki
 
 from .test_commands import Gateway, get_xml
-from .test_uplink_commands import FAST, GATEWAY, HeadEndClient, wait_connected
+from .test_uplink_commands import FAST, GATEWAY, wait_connected
 from .test_uplink_mqtt import eventually
 
 
@@ -40,7 +41,7 @@ def test_meter_status_and_json_commands_through_mosquitto(
     clock = SystemClock()
     result: dict[str, object] = {}
 
-    async def main(he: HeadEndClient) -> None:
+    async def main(he: CommandRequester) -> None:
         gw = Gateway(tmp_path, clock)
         await gw.start(["A", "B", "C", "D"])
         spool = Spool(tmp_path / "uplink-spool.sqlite", clock, rng=random.Random(2))
@@ -64,10 +65,10 @@ def test_meter_status_and_json_commands_through_mosquitto(
                        correlation=b"oms-7")  # fmt: skip
             he.request("ping", b'{"meter_id": "C"}', correlation=b"ping-c")
             he.request("read", b'{"meter_id": 5}', correlation=b"bad")
-            await he.wait_replies(3, timeout=10)
+            await he.wait_for(3, timeout=10)
             result["arrived"] = time.time()
             result["deadline"] = deadline
-            result["replies"] = {g.prop("CorrelationData"): g for g in he.replies()}
+            result["replies"] = {g.prop("CorrelationData"): g for g in he.received()}
             # an outage alarm becomes an unsolicited REPLY on events/cim, through the spool
             alarm = parse_push("D", PushSource("D").last_gasp(time.time() - 30), time.time())
             entry = outage_record(alarm, now=time.time())
@@ -81,9 +82,9 @@ def test_meter_status_and_json_commands_through_mosquitto(
             spool.close()
 
     events_topic = payloads.events_filter("ami")
-    with HeadEndClient(mtls_pki, mqtt_broker, ("ami/headend/replies", events_topic)) as he:
+    with CommandRequester(mtls_pki, mqtt_broker, ("ami/headend/replies", events_topic)) as he:
         asyncio.run(asyncio.wait_for(main(he), 60))
-        events = he.replies(f"ami/{GATEWAY}/events/cim")
+        events = he.received(f"ami/{GATEWAY}/events/cim")
 
     replies = result["replies"]
     assert isinstance(replies, dict)

@@ -7,19 +7,13 @@ import asyncio
 import datetime as dt
 import json
 import random
-import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import UplinkConfig
@@ -29,6 +23,7 @@ from firmware_agent.uplink.mqtt import Backoff, Uplink, UplinkErrorKind, UplinkT
 from firmware_agent.uplink.requests import CommandRequest, CommandResponse
 from firmware_agent.uplink.tls import TlsSetupError
 from hil.broker import Mosquitto
+from hil.headend.requester import CommandRequester
 from hil.pki import Pki, generate_pki, issue_client
 
 GATEWAY = "gateway-01"
@@ -67,7 +62,6 @@ def run_with_uplink(
 FAST = UplinkTuning(
     backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeout_s=2.0, poll_interval_s=0.2
 )
-REPLIES = "ami/headend/replies"
 SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
 
 
@@ -76,90 +70,6 @@ def spool(tmp_path: Path) -> Spool:
     s = Spool(tmp_path / "spool.sqlite", SystemClock(), rng=random.Random(3))
     yield s  # type: ignore[misc]
     s.close()
-
-
-@dataclass
-class Got:
-    topic: str
-    payload: bytes
-    props: Any
-    retain: bool
-
-    def prop(self, name: str) -> Any:
-        return getattr(self.props, name, None)
-
-    def user(self) -> dict[str, str]:
-        return dict(self.prop("UserProperty") or [])
-
-
-class HeadEndClient:
-    """A head end's requester: its own certificate, a reply subscription, real paho."""
-
-    def __init__(self, pki: Pki, broker: Mosquitto, subscriptions: tuple[str, ...] = (REPLIES,)):
-        self.got: list[Got] = []
-        self.lock = threading.Lock()
-        self.connected = threading.Event()
-        self.subs = subscriptions
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id="headend", protocol=paho.MQTTv5)
-        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
-        ctx.load_cert_chain(str(pki.headend.cert), str(pki.headend.key))
-        c.tls_set_context(ctx)
-        c.on_connect = self._on_connect
-        c.on_message = self._on_message
-        c.on_subscribe = lambda *_a: self.connected.set()
-        c.reconnect_delay_set(0.1, 0.2)
-        self.client = c
-        self.broker = broker
-
-    def _on_connect(self, c: paho.Client, *_a: Any) -> None:
-        self.connected.clear()
-        c.subscribe([(s, 1) for s in self.subs])
-
-    def _on_message(self, _c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
-        with self.lock:
-            self.got.append(Got(msg.topic, bytes(msg.payload), msg.properties, bool(msg.retain)))
-
-    def __enter__(self) -> HeadEndClient:
-        self.client.connect("localhost", self.broker.port)
-        self.client.loop_start()
-        assert self.connected.wait(5)
-        return self
-
-    def __exit__(self, *_e: object) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-    def request(
-        self,
-        name: str,
-        payload: bytes,
-        *,
-        correlation: bytes | None = b"c1",
-        response_topic: str | None = REPLIES,
-        sent_at: str | None = None,
-        retain: bool = False,
-        gateway: str = GATEWAY,
-    ) -> None:
-        props = Properties(PacketTypes.PUBLISH)
-        if response_topic is not None:
-            props.ResponseTopic = response_topic
-        if correlation is not None:
-            props.CorrelationData = correlation
-        props.ContentType = "application/json"
-        if sent_at is not None:
-            props.UserProperty = [("sent-at", sent_at)]
-        info = self.client.publish(
-            f"ami/{gateway}/cmd/{name}", payload, qos=1, retain=retain, properties=props
-        )
-        info.wait_for_publish(5)
-
-    def replies(self, topic: str = REPLIES) -> list[Got]:
-        with self.lock:
-            return [g for g in self.got if g.topic == topic]
-
-    async def wait_replies(self, n: int, timeout: float = 5.0, topic: str = REPLIES) -> list[Got]:
-        await eventually(lambda: len(self.replies(topic)) >= n, timeout, f"{n} replies")
-        return self.replies(topic)
 
 
 async def echo(req: CommandRequest) -> CommandResponse:
@@ -181,13 +91,13 @@ def test_command_round_trip_with_correlation(
     uplink = Uplink(
         make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST, command_handler=echo
     )
-    with HeadEndClient(mtls_pki, mqtt_broker) as he:
+    with CommandRequester(mtls_pki, mqtt_broker) as he:
 
         async def body(up: Uplink) -> None:
             await wait_connected(up)
             he.request("ping", b'{"meter_id":"m1"}', correlation=b"\x00corr-1")
             he.request("read", b'{"meter_id":"m2"}', correlation=b"corr-2")
-            got = await he.wait_replies(2)
+            got = await he.wait_for(2)
             by_corr = {g.prop("CorrelationData"): g for g in got}
             assert set(by_corr) == {b"\x00corr-1", b"corr-2"}
             first = by_corr[b"\x00corr-1"]
@@ -236,35 +146,35 @@ def test_transport_garbage_is_answered_or_counted_and_never_fatal(
     uplink = Uplink(
         make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=tuning, command_handler=handler
     )
-    with HeadEndClient(mtls_pki, mqtt_broker) as he:
+    with CommandRequester(mtls_pki, mqtt_broker) as he:
         # a retained command would replay at every connect: refused when it arrives retained
         he.request("ping", b"{}", correlation=b"ret", retain=True)
 
         async def body(up: Uplink) -> None:
             await wait_connected(up)
-            await he.wait_replies(1)
+            await he.wait_for(1)
             he.request("ping", b"{}", response_topic=None)  # nowhere to answer: counted
             he.request("ping", b"{}", response_topic="ami/+/replies")  # wildcard: counted
             he.request("read", b"x" * 1001, correlation=b"big")
             he.request("boom", b"{}", correlation=b"boom")
-            await he.wait_replies(3)
+            await he.wait_for(3)
             he.request("slow", b"{}", correlation=b"slow-1")
             he.request("slow", b"{}", correlation=b"slow-2")
             await asyncio.sleep(0.3)
             he.request("slow", b"{}", correlation=b"busy")  # third concurrent one
             he.request("sleepy", b"{}", correlation=b"sleepy")  # also busy
-            await he.wait_replies(5)
+            await he.wait_for(5)
             release.set()
-            await he.wait_replies(7)
+            await he.wait_for(7)
             he.request("sleepy", b"{}", correlation=b"sleepy-2")
-            await he.wait_replies(8)
+            await he.wait_for(8)
             he.request("ping", b"{}", correlation=b"still-alive")
-            await he.wait_replies(9)
+            await he.wait_for(9)
 
         run_with_uplink(uplink, body)
         # clear the retained command from the broker for later tests
         he.client.publish(f"ami/{GATEWAY}/cmd/ping", b"", qos=1, retain=True).wait_for_publish(5)
-        got = {g.prop("CorrelationData"): g for g in he.replies()}
+        got = {g.prop("CorrelationData"): g for g in he.received()}
     errors = {}
     for corr, g in got.items():
         doc = json.loads(g.payload)
@@ -312,7 +222,7 @@ def test_several_replies_and_replies_survive_a_lost_connection(
             )
         return None
 
-    async def main(he: HeadEndClient) -> None:
+    async def main(he: CommandRequester) -> None:
         proxy = Proxy(mqtt_broker.port)
         await proxy.start()
         up = Uplink(
@@ -335,9 +245,9 @@ def test_several_replies_and_replies_survive_a_lost_connection(
             gate.set()  # the handler answers while the gateway is offline
             await eventually(lambda: up.stats.responses_pending == 2, 5, "replies queued")
             await asyncio.sleep(0.3)
-            assert he.replies() == []
+            assert he.received() == []
             proxy.down = False
-            got = await he.wait_replies(2, timeout=10)
+            got = await he.wait_for(2, timeout=10)
             assert sorted(g.payload for g in got) == [
                 b"<Reply 3.26.0.216/>",
                 b"<Reply 3.26.0.47/>",
@@ -351,7 +261,7 @@ def test_several_replies_and_replies_survive_a_lost_connection(
             await asyncio.wait_for(task, 10)
             await proxy.close()
 
-    with HeadEndClient(mtls_pki, mqtt_broker) as he:
+    with CommandRequester(mtls_pki, mqtt_broker) as he:
         asyncio.run(asyncio.wait_for(main(he), 30))
 
 
@@ -372,15 +282,15 @@ def test_unsolicited_events_go_through_the_spool(
     )
     uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=FAST)
     subs = (payloads.events_filter("ami"), payloads.readings_filter("ami"))
-    with HeadEndClient(mtls_pki, mqtt_broker, subs) as he:
+    with CommandRequester(mtls_pki, mqtt_broker, subs) as he:
 
         async def body(up: Uplink) -> None:
             await eventually(lambda: spool.depth() == 0, 10, "spool drained")
             await eventually(lambda: len(he.got) >= 3, 5, "messages")
 
         run_with_uplink(uplink, body)
-        events = he.replies(f"ami/{GATEWAY}/events/cim")
-        reads = he.replies(f"ami/{GATEWAY}/readings")
+        events = he.received(f"ami/{GATEWAY}/events/cim")
+        reads = he.received(f"ami/{GATEWAY}/readings")
     assert [e.payload for e in events] == [xml.encode(), (xml + "2").encode()]
     assert [e.user()["record_id"] for e in events] == ev_ids
     assert events[0].user()["natural_key"] == "cim/m7/out"
@@ -536,12 +446,12 @@ def test_clock_ahead_of_the_head_end_is_reported(
     uplink = Uplink(
         make_uplink_config(), GATEWAY, spool, OffsetClock(600.0), tuning=FAST, command_handler=echo
     )
-    with HeadEndClient(mtls_pki, mqtt_broker) as he:
+    with CommandRequester(mtls_pki, mqtt_broker) as he:
 
         async def body(up: Uplink) -> None:
             await wait_connected(up)
             he.request("ping", b"{}", sent_at=payloads.iso_utc(time.time()))
-            await he.wait_replies(1)
+            await he.wait_for(1)
 
         run_with_uplink(uplink, body)
     st = uplink.stats
