@@ -159,10 +159,17 @@ class PhyConfig:
             self.bitrate_bps,
         )
 
+    @cached_property
+    def _spreading_gain_db(self) -> float:
+        return 10 * math.log10(self.bandwidth_hz / self.bitrate_bps)
+
     def per(self, sinr_db: float, psdu_bytes: int) -> float:
-        """Packet error rate of a ``psdu_bytes`` frame received at ``sinr_db``."""
-        ebn0 = ebn0_db(sinr_db, self.bandwidth_hz, self.bitrate_bps, self.implementation_loss_db)
-        return per_from_ber(ber_2fsk_noncoherent(ebn0), psdu_bytes)
+        """Packet error rate of a ``psdu_bytes`` frame received at ``sinr_db``: the same
+        arithmetic as ``per_from_ber(ber_2fsk_noncoherent(ebn0_db(...)))``, in one step,
+        because the medium asks for it for every frame at every receiver near the cliff."""
+        ebn0 = sinr_db + self._spreading_gain_db - self.implementation_loss_db
+        ber = 0.5 * math.exp(-(10 ** (ebn0 / 10)) / 2)
+        return -math.expm1(8 * psdu_bytes * math.log1p(-ber))
 
     def sinr_for_per(self, per: float, psdu_bytes: int) -> float:
         """The SINR (dB) at which a ``psdu_bytes`` frame has error rate ``per``."""

@@ -106,7 +106,7 @@ def populate(
         )
         distance, angle = rng.uniform(*radius_m), rng.uniform(0, 2 * math.pi)
         position = (distance * math.cos(angle), distance * math.sin(angle))
-        medium.attach(node, position, channel=channel)
+        medium.attach(node, position, channel=channel, frame_filter=node.mac.wants_frame)
         placed.append(EmulatedMeter(meter_id, node, parts, position))
     return placed
 
@@ -150,7 +150,13 @@ def place_scenario(
             profile_period_s,
             config,
         )
-        medium.attach(node, spec.position, tx_power_dbm=radio.tx_power_dbm, channel=radio.channel)
+        medium.attach(
+            node,
+            spec.position,
+            tx_power_dbm=radio.tx_power_dbm,
+            channel=radio.channel,
+            frame_filter=node.mac.wants_frame,  # the medium skips frames for other meters
+        )
         placed.append(EmulatedMeter(spec.meter_id, node, parts, spec.position))
     return placed
 

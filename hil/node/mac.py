@@ -158,20 +158,25 @@ class NodeMac:
 
     # --- receive -------------------------------------------------------------------------------
 
-    def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
-        """A frame heard on the air: the ack to send back, if any. Frames for us are handed to
-        ``deliver`` (before this returns; anything sent in reply waits until the ack is out)."""
-        if channel != self.channel or len(psdu) < 5:
-            return None
+    def wants_frame(self, psdu: bytes) -> bool:
+        """The address filter: False when this MAC ignores ``psdu`` whatever its RSSI (not a
+        data frame, or for another address). The medium takes it as the node's frame filter
+        (``Medium.attach(frame_filter=...)``) and skips receptions that could change nothing."""
+        if len(psdu) < 5:
+            return False
         fc = psdu[0] | psdu[1] << 8
         if fc & 7 != frames.FrameType.DATA:
-            return None
+            return False
         dst_mode = (fc >> 10) & 3
         # Where a destination address can sit: after frame control, sequence number, PAN id.
         if dst_mode == 3:
-            if self._reversed not in psdu[2:15]:
-                return None
-        elif dst_mode != 2 or BROADCAST not in psdu[2:7]:
+            return self._reversed in psdu[2:15]
+        return dst_mode == 2 and BROADCAST in psdu[2:7]
+
+    def on_air_frame(self, psdu: bytes, rssi_dbm: int, lqi: int, channel: int) -> bytes | None:
+        """A frame heard on the air: the ack to send back, if any. Frames for us are handed to
+        ``deliver`` (before this returns; anything sent in reply waits until the ack is out)."""
+        if channel != self.channel or not self.wants_frame(psdu):
             return None
         try:
             frame = frames.decode(psdu)

@@ -231,6 +231,9 @@ class RplNode:
         self._dao_pending: int | None = None  # sequence of the DAO awaiting its ack
         self._dao_backoff = config.dao_ack_timeout_s
         self._dao_sent_at = -math.inf
+        #: The first DAO after joining is scheduled (spread) and not sent yet: changes until
+        #: then ride on it instead of pulling it forward.
+        self._dao_joining = False
         self._changed_at = -math.inf  # the parent set or the DTSN last asked for a DAO
         self._sent_parents: tuple[bytes, ...] | None = None
         self._poison_replies: dict[bytes, float] = {}
@@ -274,6 +277,11 @@ class RplNode:
         """Power-up: solicit DIOs after a random delay."""
         self._dis_interval = self.config.dis_interval_s
         self._dis_at = now + self.rng.uniform(*self.config.dis_delay_s)
+
+    @property
+    def dao_due(self) -> float | None:
+        """When the next DAO (first, retry, refresh or change) goes; None: none planned."""
+        return self._dao_at
 
     def deadline(self) -> float:
         """When :meth:`poll` must next be called (inf: nothing pending)."""
@@ -506,6 +514,7 @@ class RplNode:
             self._dao_backoff = cfg.dao_ack_timeout_s
             if not joined:
                 self._schedule_dao(now, cfg.dao_join_spread_s)
+                self._dao_joining = True
             elif pref != old_pref:
                 self._schedule_dao(now, earliest=self._dao_sent_at + cfg.dao_min_interval_s)
             else:
@@ -561,6 +570,7 @@ class RplNode:
         self.rank = INFINITE_RANK
         self.trickle = None
         self._dao_at = None
+        self._dao_joining = False
         self._dao_pending = None
         self._fresh_after = now
         self._rejoin_below = below
@@ -584,7 +594,14 @@ class RplNode:
         return out
 
     def _schedule_dao(self, now: float, spread: float = 0.0, earliest: float = -math.inf) -> None:
-        """A DAO at U(DelayDAO/2, max(DelayDAO, spread)) from now, not before ``earliest``."""
+        """A DAO at U(DelayDAO/2, max(DelayDAO, spread)) from now, not before ``earliest``.
+        While the first DAO after joining waits out its spread, nothing pulls it forward: a
+        node changes parents several times in its first seconds (better DIOs keep arriving),
+        and each change used to bring that DAO to within DelayDAO, so a mesh powering up
+        sent every DAO at once anyway (1,000 meters: 1,029 DAOs in the first 20 s). The
+        waiting DAO carries the parents of the moment it goes."""
+        if self._dao_joining and self._dao_at is not None:
+            return
         delay = self.config.dao_delay_s
         at = max(now + self.rng.uniform(delay / 2, max(delay, spread)), earliest)
         self._dao_at = at if self._dao_at is None else min(self._dao_at, at)
@@ -604,6 +621,7 @@ class RplNode:
         dodag = self.dodag
         if dodag is None or not self.parents or self.address is None:
             self._dao_at = None
+            self._dao_joining = False
             return []
         parents = tuple(self.parents)
         if parents != self._sent_parents:
@@ -616,6 +634,7 @@ class RplNode:
         self._dao_seq = lollipop_next(seq)
         self._dao_pending = seq
         self._dao_sent_at = now
+        self._dao_joining = False
         self._dao_at = now + self._dao_backoff
         self._dao_backoff = min(2 * self._dao_backoff, self.config.dao_retry_max_s)
         self.stats.daos_sent += 1

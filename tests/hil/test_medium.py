@@ -474,3 +474,43 @@ def test_detached_node_is_gone_from_every_list_and_its_frame_is_cut() -> None:
     medium.transmit(a, frame(ack=False), 0)
     sched.run()
     assert b.heard == [] and len(c.heard) == 1
+
+
+def test_a_frame_filter_skips_receptions_but_the_frame_still_interferes() -> None:
+    """A node whose address filter rejects a frame is not evaluated for it (nothing it would
+    do depends on it), yet that frame's power still breaks an overlapping frame it wants."""
+    sched = InstantScheduler()
+    medium = Medium(random.Random(5), scheduler=sched, shadowing_sigma_db=0.0)
+    a, b, c = Node(eui(1)), Node(eui(2)), Node(eui(3))
+    medium.attach(a, (-100, 0))
+    medium.attach(b, (0, 0), frame_filter=lambda psdu: psdu[1] != 2)  # b ignores tag 2
+    medium.attach(c, (100, 0))  # as loud at b as a is
+    medium.transmit(c, frame(40, ack=False, tag=2), 0)  # alone: b is not even evaluated
+    sched.run()
+    assert b.heard == [] and medium.counters.filtered == 1
+    assert medium.counters.receivers_evaluated == 1  # a only
+    medium.transmit(a, frame(40, ack=False, tag=1), 0)
+    sched.call_at(sched.time() + 0.003, lambda: medium.transmit(c, frame(40, False, 2), 0))
+    sched.run()
+    assert b.heard == []  # tag 1 collided with the tag-2 frame b filters out
+    assert medium.counters.filtered == 2 and medium.counters.losses["collision"] >= 1
+    medium.transmit(a, frame(40, ack=False, tag=1), 0)
+    sched.run()
+    assert [h[0][1] for h in b.heard] == [1]
+
+
+def test_far_above_the_cliff_no_per_draw_is_spent() -> None:
+    """A frame whose PER is below SURE_PER gets through without a draw from the medium's
+    generator (only the RSSI jitter draws); near the cliff every frame still draws."""
+    medium = Medium(random.Random(4), shadowing_sigma_db=0.0)
+    a, b = Node(eui(1)), Node(eui(2))
+    medium.attach(a, (0, 0))
+    medium.attach(b, (30, 0))  # ~60 dB SNR
+    state = medium.rng.getstate()
+    medium.transmit(a, frame(20, ack=False), 0)
+    twin = random.Random()
+    twin.setstate(state)
+    twin.gauss(0.0, medium.jitter_sigma_db)  # what one reception draws: the jitter only
+    assert medium.rng.getstate() == twin.getstate()
+    assert len(b.heard) == 1
+    assert medium.phy.per(medium.snr_truth(a, b, 0) - 3, 20) < 1e-9

@@ -183,6 +183,25 @@ def test_hysteresis_keeps_the_preferred_parent_unless_another_is_much_cheaper() 
     assert w.node.stats.parent_changes == 1 and w.node.parents[0] == B
 
 
+def test_parent_changes_right_after_joining_ride_on_the_spread_first_dao() -> None:
+    """A node changes parents in its first seconds as better DIOs arrive; that must not pull
+    its first DAO forward from the join spread (a mesh powering up would send every DAO at
+    once), and the DAO that goes carries the parents of that moment."""
+    for seed in range(20):
+        w = World(dao_join_spread_s=120.0, dao_delay_s=4.0)
+        w.node.rng.seed(seed)
+        w.dio(A, 768, now=1.0)  # joins through A ...
+        scheduled = w.node.dao_due
+        assert scheduled is not None and 1.0 + 2.0 <= scheduled <= 1.0 + 120.0
+        w.dio(B, 256, now=1.5)  # ... and moves to B, much cheaper, half a second later
+        assert w.node.parents[0] == B and w.node.stats.parent_changes == 1
+        assert w.node.dao_due == scheduled  # not pulled to within DelayDAO
+        sent = w.next_dao()
+        assert isinstance(sent.message, rpl.Dao)
+        assert sent.message.transits[0].parent == g(B)
+        assert w.node.stats.daos_sent == 1
+
+
 def test_no_dao_ack_sends_it_again_with_backoff_an_ack_schedules_the_refresh() -> None:
     w = World()
     w.dio(ROOT, 256, now=1.0)

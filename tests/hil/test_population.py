@@ -38,15 +38,15 @@ def test_place_scenario_puts_meters_where_the_scenario_says() -> None:
         )
         meters = place_scenario(medium, scenario, LoopClock(loop, 0.0), random.Random(2))
         assert [m.meter_id for m in meters] == ["MTR-0001", "MTR-0002"]
-        assert [medium.position(m.node) for m in meters] == [(110.0, 60.0), (220.0, 0.0)]
+        assert [medium.position(m.node) for m in meters] == [(110.0, 60.0), (195.0, 0.0)]
         assert all(medium.channel(m.node) == scenario.radio.channel for m in meters)
         gateway = Gateway()
         medium.attach(gateway, scenario.gateway_position, channel=scenario.radio.channel)
-        # The scenario's comment: the direct link MTR-0002–gateway has an SNR of about 15 dB.
-        # 14 − (31.554 + 35·log10 220 = 113.54) = −99.5 dBm, 15.5 dB over −115 (σ 0.5 dB).
-        assert medium.snr_truth(meters[1].node, gateway, 0) == pytest.approx(15.5, abs=1.6)
-        # ... and both hops through MTR-0001 about 24 dB.
+        # The scenario's comment: the direct link MTR-0002–gateway has an SNR of about 17 dB.
+        # 14 − (31.554 + 35·log10 195 = 111.73) = −97.7 dBm, 17.3 dB over −115 (σ 0.5 dB).
+        assert medium.snr_truth(meters[1].node, gateway, 0) == pytest.approx(17.3, abs=1.6)
+        # ... and the hops through MTR-0001 about 24 dB (125 m) and 27 dB (104 m).
         assert medium.snr_truth(meters[0].node, gateway, 0) == pytest.approx(24, abs=2)
-        assert medium.snr_truth(meters[1].node, meters[0].node, 0) == pytest.approx(24, abs=2)
+        assert medium.snr_truth(meters[1].node, meters[0].node, 0) == pytest.approx(26.8, abs=2)
 
     vtime.run(asyncio.wait_for(go(), 10))
