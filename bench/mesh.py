@@ -1,7 +1,9 @@
 """mesh: benchmarks of the mesh layer (each part is a function; ``main`` runs them all).
 
 bench_simulation: simulated seconds per wall second of ``hil simulate`` for 200 and 1,000
-meters with 15-minute reads, against the bare DLMS work of the same reads (see its docstring).
+meters with 15-minute reads, and why: frames on the air per simulated hour, wall µs per frame,
+the share of wall time per part (medium, node stacks, meters, gateway radio/mesh/collector,
+event loop) and the extrapolated wall time of a 24 h day against the make-test budget.
 
 bench_routes: what the root's routing table (firmware_agent.mesh.routes) costs per DAO at 100,
 1,000 and 5,000 nodes, and how that cost grows with the mesh. Meshes are seeded random
@@ -310,45 +312,140 @@ def _bare_reads(scenario: Scenario, reads: int) -> float:
     return asyncio.run(run())
 
 
-#: Scenario and virtual duration of the simulation benchmark runs (short: the rate, not the
-#: day, is what is measured; 1,000 meters run at a few simulated seconds per wall second).
-SIMULATIONS = (("random-200", 3600.0), ("random-1000", 600.0))
+#: Scenario, virtual duration of the timed run, and of the (shorter) profiled run that splits
+#: the wall time by part. Short windows: the rate and its make-up are measured, the day is
+#: extrapolated. The 1,000-meter window is the mesh forming (join, DAOs), its busiest part.
+SIMULATIONS = (("random-200", 1200.0, 400.0), ("random-1000", 120.0, 45.0))
 EPOCH_FOR_BASELINE = 1_767_225_600.0
+#: The make-test budget for the whole suite.
+SUITE_BUDGET_S = 15 * 60.0
+
+#: Parts of a simulation, by source file (first match wins); builtins are charged to callers.
+PARTS = (
+    ("medium (propagation, SINR/PER, collisions)", ("/hil/medium.py", "/hil/phy.py")),
+    ("node stacks (MAC, RPL, forwarding)", ("/hil/node/",)),
+    ("emulated meters (node glue + DLMS server)", ("/hil/meter_node.py", "/hil/meter/")),
+    ("gateway radio (RCP emulation, Spinel, HDLC)", ("/hil/rcp.py", "/drivers/")),
+    # The nodes encode and decode with the same codecs: this is both sides' codec work.
+    ("mesh codecs + gateway mesh (frames, 6LoWPAN, RPL, routes)", ("/firmware_agent/mesh/",)),
+    ("gateway collector + gurux", ("/firmware_agent/collector/", "gurux")),
+    ("gateway other (agent, spool)", ("/firmware_agent/",)),
+    ("event loop (asyncio, heap)", ("asyncio", "selectors", "heapq")),
+    ("random", ("random.py",)),
+)
 
 
-def bench_simulation(runs: Sequence[tuple[str, float]] = SIMULATIONS) -> list[dict[str, Any]]:
-    """Simulated seconds per wall second of ``hil simulate`` (the whole agent, the medium and
-    the meters on the virtual-time loop, 15-minute reads), against the bare DLMS work of the
-    same number of reads measured in the same run: the ratio is what the mesh, the radio
-    driver, the medium and the node stacks cost on top of the DLMS exchanges themselves."""
+def _part(filename: str) -> str:
+    for name, needles in PARTS:
+        if any(n in filename for n in needles):
+            return name
+    return "other"
+
+
+def split_by_part(stats: Any) -> dict[str, float]:
+    """cProfile stats → own time per part; a C function's time goes to its callers' parts in
+    proportion to what each caller spent in it (dict.get in the medium is the medium's)."""
+    out: dict[str, float] = {}
+    for func, (_cc, _nc, tottime, _ct, callers) in stats.stats.items():
+        filename = func[0]
+        if filename == "~" or filename.startswith("<"):
+            spent = sum(v[2] for v in callers.values())
+            if not spent:
+                out["other"] = out.get("other", 0.0) + tottime
+                continue
+            for caller, v in callers.items():
+                name = _part(caller[0])
+                out[name] = out.get(name, 0.0) + tottime * v[2] / spent
+        else:
+            name = _part(filename)
+            out[name] = out.get(name, 0.0) + tottime
+    return out
+
+
+def _simulate_quietly(name: str, duration: float, profile: bool = False) -> tuple[Any, Any]:
+    """(summary, cProfile stats or None) of ``hil simulate`` of ``name`` for ``duration``."""
+    import cProfile
+    import pstats
+
     from hil.scenario import load_scenario
     from hil.simulate import simulate
 
+    scenario = load_scenario(name)
+    logging.disable(logging.WARNING)  # a failed read's log line is not what is measured
+    profiler = cProfile.Profile() if profile else None
+    try:
+        if profiler is not None:
+            profiler.enable()
+        _, summary = simulate(scenario, duration)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        logging.disable(logging.NOTSET)
+    return summary, None if profiler is None else pstats.Stats(profiler)
+
+
+def bench_simulation(
+    runs: Sequence[tuple[str, float, float]] = SIMULATIONS,
+) -> list[dict[str, Any]]:
+    """Why a simulated day of 1,000 meters costs what it does, for each scenario size:
+
+    - simulated s per wall s of ``hil simulate`` (the whole agent, the medium and the meters
+      on the virtual-time loop, 15-minute reads), and the bare DLMS work of the same reads
+      (gurux client to meter server in process) for comparison;
+    - frames on the air per simulated hour (acks included) and wall µs per frame: the rate
+      is frames/h × µs/frame, so a day costs 24 × frames/h × µs/frame;
+    - the share of wall time per part (a shorter profiled run; cProfile slows everything
+      about 2x but keeps the proportions);
+    - the extrapolated wall time of a 24 h day against the 15-minute make-test budget."""
+    from hil.scenario import load_scenario
+
     out = []
-    for name, duration in runs:
-        scenario = load_scenario(name)
-        logging.disable(logging.WARNING)  # a failed read's log line is not what is measured
-        try:
-            _, summary = simulate(scenario, duration)
-        finally:
-            logging.disable(logging.NOTSET)
-        reads = summary["reads"]["ok"] + summary["reads"]["failed"]
+    for name, duration, profiled in runs:
+        summary, _ = _simulate_quietly(name, duration)
         wall = summary["wall_s"]
-        bare = _bare_reads(scenario, max(1, summary["reads"]["ok"]))
-        per_day = 86400.0 / summary["simulated_s_per_wall_s"] if wall else float("nan")
+        medium = summary["medium"]
+        frames = medium["frames"] + medium["acks"]
+        per_hour = frames * 3600.0 / duration
+        us_per_frame = wall / max(1, frames) * 1e6
+        day_s = 86400.0 / summary["simulated_s_per_wall_s"] if wall else float("nan")
+        reads = summary["reads"]["ok"] + summary["reads"]["failed"]
+        bare = _bare_reads(load_scenario(name), max(1, summary["reads"]["ok"]))
         print(
-            f"simulate {name}: {duration / 3600:.1f} h of {summary['meters']} meters in"
-            f" {wall:.1f} s wall = {summary['simulated_s_per_wall_s']} simulated s per wall s"
-            f" (a 24 h day: {per_day / 60:.1f} min); {summary['joined']} joined,"
-            f" {reads} reads ({summary['reads']['success_rate']} ok);"
-            f" {summary['medium']['frames']} frames on the air"
+            f"simulate {name}: {duration:.0f} s of {summary['meters']} meters in {wall:.1f} s"
+            f" wall = {summary['simulated_s_per_wall_s']} simulated s per wall s;"
+            f" {summary['joined']} joined, {reads} reads ({summary['reads']['success_rate']} ok)"
         )
         print(
-            f"simulate {name}: the same {summary['reads']['ok']} reads without the mesh"
-            f" (gurux client to meter server in process) take {bare:.2f} s: ratio"
-            f" {wall / bare:.1f}x"
+            f"simulate {name}: {frames} frames on the air ({medium['acks']} acks) ="
+            f" {per_hour:,.0f} frames per simulated hour, {us_per_frame:.0f} µs wall per frame;"
+            f" {medium['receivers_evaluated'] / max(1, medium['frames']):.1f} receivers"
+            f" evaluated per frame ({medium.get('filtered', 0) / max(1, medium['frames']):.1f}"
+            " skipped by address filters)"
         )
-        out.append({"scenario": name, "summary": summary, "bare_reads_s": bare})
+        print(
+            f"simulate {name}: a 24 h day at this rate = {day_s / 60:.1f} min wall"
+            f" ({day_s / SUITE_BUDGET_S:.1f}x the 15 min make-test budget of the whole suite);"
+            f" the same {summary['reads']['ok']} reads without the mesh take {bare:.2f} s"
+        )
+        _, stats = _simulate_quietly(name, profiled, profile=True)
+        parts = split_by_part(stats)
+        total = sum(parts.values()) or 1.0
+        shares = {k: v / total for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}
+        print(
+            f"simulate {name}: wall time by part (profiled {profiled:.0f} s): "
+            + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items() if v >= 0.005)
+        )
+        out.append(
+            {
+                "scenario": name,
+                "summary": summary,
+                "bare_reads_s": bare,
+                "frames_per_sim_hour": per_hour,
+                "us_per_frame": us_per_frame,
+                "day_wall_s": day_s,
+                "shares": shares,
+            }
+        )
     return out
 
 
