@@ -55,6 +55,7 @@ from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
 from firmware_agent.operations import AgentOperations, commands_config
+from firmware_agent.sdnotify import Notifier, WatchdogFeeder, notifier_from_env
 from firmware_agent.spool import Priority, Spool
 from firmware_agent.uplink import outage
 from firmware_agent.uplink.commands import CommandDispatcher
@@ -219,8 +220,11 @@ class Agent:
         registry: Registry | None = None,
         *,
         with_uplink: bool = True,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        # systemd's notify socket (READY, STATUS, WATCHDOG); silent outside a systemd service.
+        self.notifier = notifier or Notifier(None)
         # The simulator runs without an uplink: a broker answers in real time, which a
         # virtual-time loop cannot wait for. Readings then stay in the spool.
         self.with_uplink = with_uplink
@@ -348,6 +352,15 @@ class Agent:
 
         return unwrap
 
+    def _status_line(self) -> str:
+        """What ``systemctl status`` shows while the agent runs."""
+        s = self.snapshot()
+        uplink = "up" if s.uplink_connected else "down"
+        return (
+            f"{s.readings_total} readings, {s.alarms_total} alarms, spool {s.spool_depth}, "
+            f"uplink {uplink}"
+        )
+
     def _on_alarm(self, alarm: Alarm) -> None:
         """A push became an alarm (already spooled): outages and restorations also go to the
         OMS as unsolicited CIM REPLYs, through the spool like everything else."""
@@ -473,6 +486,17 @@ class Agent:
         if cfg.mesh.routes_file is not None:
             workers.add(asyncio.create_task(self._save_routes_every(ROUTES_SAVE_S), name="routes"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        # The watchdog is petted only while every loop is alive: a dead loop lets systemd
+        # restart the service instead of leaving a gateway that looks up but reads nothing.
+        feeder = WatchdogFeeder(self.notifier, self.clock, status=self._status_line)
+        for worker in workers:
+            feeder.watch_task(worker.get_name(), worker)
+        watchdog = asyncio.create_task(feeder.run(), name="watchdog")
+        assert self.radio_info is not None
+        self.notifier.ready(
+            f"{cfg.gateway.id}: radio {self.radio_info.ncp_version}, channel "
+            f"{cfg.radio.channel}, {len(cfg.meters)} meters"
+        )
         code = EXIT_OK
         try:
             done, _ = await asyncio.wait(
@@ -485,6 +509,8 @@ class Agent:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             stopper.cancel()
+            self.notifier.stopping("shutting down")
+            watchdog.cancel()
             await self._shutdown(workers)
         return code
 
@@ -674,10 +700,11 @@ async def run_agent(
     config: Config, *, clock: Clock, live: bool = False, duration: float | None = None
 ) -> int:
     """The ``firmware-agent run`` entry: run one agent, optionally with the live view."""
-    agent = Agent(config, clock)
-    if not live:
-        return await agent.run(duration)
-    from firmware_agent.view import LiveView
+    with notifier_from_env() as notifier:
+        agent = Agent(config, clock, notifier=notifier)
+        if not live:
+            return await agent.run(duration)
+        from firmware_agent.view import LiveView
 
-    async with LiveView(agent, clock):
-        return await agent.run(duration)
+        async with LiveView(agent, clock):
+            return await agent.run(duration)

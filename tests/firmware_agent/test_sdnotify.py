@@ -6,13 +6,14 @@ import array
 import asyncio
 import logging
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,21 @@ class SystemdSide:
                 got.append(self.sock.recv(4096))
         except TimeoutError:
             pass
+        finally:
+            self.sock.settimeout(3.0)
+        return got
+
+    def collect(self, for_s: float) -> list[bytes]:
+        """Every datagram that arrives in the next ``for_s`` seconds (however busy the sender)."""
+        got: list[bytes] = []
+        deadline = time.monotonic() + for_s
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                try:
+                    got.append(self.sock.recv(4096))
+                except TimeoutError:
+                    break
         finally:
             self.sock.settimeout(3.0)
         return got
@@ -323,3 +339,39 @@ def test_feeder_reports_a_blocked_event_loop(
     with caplog.at_level(logging.WARNING, logger="firmware_agent.sdnotify"):
         asyncio.run(scenario())
     assert "event loop was blocked for about" in caplog.text
+
+
+# --- the agent as a systemd service --------------------------------------------------------------
+
+
+def test_the_agent_says_ready_pets_the_watchdog_and_says_stopping(
+    systemd: SystemdSide, gateway_config: Callable[..., Path]
+) -> None:
+    """``firmware-agent run`` under Type=notify: READY=1 once its loops run, WATCHDOG=1 while
+    they live (WatchdogSec=2 s here), STOPPING=1 on SIGTERM, then a clean exit."""
+    config = gateway_config()
+    env = {**os.environ, "NOTIFY_SOCKET": systemd.address, "WATCHDOG_USEC": "2000000"}
+    agent_bin = Path(sys.executable).with_name("firmware-agent")
+    proc = subprocess.Popen(
+        [str(agent_bin), "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # a pipe nobody reads would fill and stall the agent
+    )
+    try:
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(b"READY=1" in m for m in seen):
+            seen += systemd.collect(0.5)
+        assert any(b"READY=1" in m for m in seen), (seen, proc.poll())
+        ready = next(m for m in seen if b"READY=1" in m)
+        assert b"STATUS=" in ready and b"meters" in ready
+        pets = [m for m in systemd.collect(2.5) if b"WATCHDOG=1" in m]
+        assert len(pets) >= 2  # every WatchdogSec/2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert any(b"STOPPING=1" in m for m in systemd.collect(1.0))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
