@@ -59,9 +59,9 @@ from typing import Any
 
 from firmware_agent.clock import Clock
 from firmware_agent.spool_budget import (
+    DiskReserve,
     IntervalThrottle,
     QueueDepthExceeded,
-    usable_bytes,
     wal_pages_for,
 )
 
@@ -69,11 +69,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
-MIN_MAX_BYTES = 512 * 1024
+MIN_MAX_BYTES = 1024 * 1024
 DEFAULT_STORM_INTERVAL_RATE = 50.0
 DEFAULT_STORM_HOLD_S = 10.0
 DEFAULT_STORM_MIN_RECORDS = 10
 AGE_CHECK_EVERY_S = 60.0
+SHRINK_EVERY_S = 5.0
 EPISODE_END_FRACTION = 0.9
 # Fields the spool adds around a record in the uplink payload: a record must not carry them itself.
 RESERVED_FIELDS = frozenset({"record_id", "natural_key", "priority", "spooled_at"})
@@ -264,9 +265,13 @@ class Spool:
         self.refused = dict.fromkeys(Priority, 0)
         self._episode: QueueDepthExceeded | None = None
         self._next_age_check = -math.inf
+        self._next_shrink = -math.inf
         self._db = sqlite3.connect(str(path), isolation_level=None)
         try:
             self._open(wal_autocheckpoint_pages)
+        except SpoolCorrupt:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise SpoolCorrupt(f"{path}: {e}") from e
@@ -284,7 +289,7 @@ class Spool:
         self._wal_pages = wal_pages or wal_pages_for(self.max_bytes, self._page_size)
         db.execute(f"PRAGMA wal_autocheckpoint={int(self._wal_pages)}")
         db.execute(f"PRAGMA journal_size_limit={int(self._wal_pages) * self._page_size}")
-        self._usable = usable_bytes(self.max_bytes, self._page_size, self._wal_pages)
+        self.reserve = DiskReserve(self.max_bytes, self._page_size, self._wal_pages)
         version = None
         if not fresh:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -390,6 +395,7 @@ class Spool:
         try:
             with self._tx():
                 self._age_by_time(now, counts, aged)
+                live_before = self._live_bytes()
                 inserted = self._db.executemany(
                     "INSERT OR IGNORE INTO records "
                     "(seq, natural_key, priority, created_at, body, size) "
@@ -406,8 +412,10 @@ class Spool:
                     }
                     seqs = [s for s in seqs if s in have]
                 counts[prio] += len(seqs)
+                live = self._live_bytes()
+                grew = self.reserve.note_growth(live - live_before)
                 if seqs:
-                    self._enforce_budget(prio, first, counts, aged)
+                    self._enforce_budget(prio, first, counts, aged, live)
                 if any(aged.values()):
                     self._persist_aged(aged)
         except _NoRoom:
@@ -417,6 +425,7 @@ class Spool:
         except sqlite3.DatabaseError as e:
             raise SpoolError(f"{self.path}: storing {len(rows)} record(s) failed: {e}") from e
         self._counts = counts
+        self._after_commit(grew)
         for p, n in aged.items():
             self.aged_out[p] += n
         stored = [self.record_id(s) for s in seqs]
@@ -457,7 +466,7 @@ class Spool:
 
     def used_bytes(self) -> int:
         """What the budget counts: live pages plus the reserve for WAL and shm."""
-        return self._live_bytes() + (self.max_bytes - self._usable)
+        return self._live_bytes() + self.reserve.reserve
 
     def disk_bytes(self) -> int:
         """Database, WAL and shm files as they are on disk now."""
@@ -467,12 +476,14 @@ class Spool:
                 total += os.stat(f"{self.path}{suffix}").st_size
         return total
 
-    def _over(self, counts: dict[Priority, int]) -> tuple[int, int]:
+    def _over(self, counts: dict[Priority, int], live: int | None = None) -> tuple[int, int]:
         """(bytes over the usable budget, records over the cap), both >= 0."""
+        if live is None:
+            live = self._live_bytes()
         over_records = 0
         if self.max_records is not None:
             over_records = max(0, sum(counts.values()) - self.max_records)
-        return max(0, self._live_bytes() - self._usable), over_records
+        return max(0, live - self.reserve.usable), over_records
 
     def _enforce_budget(
         self,
@@ -480,9 +491,10 @@ class Spool:
         first_new: int,
         counts: dict[Priority, int],
         aged: dict[Priority, int],
+        live: int,
     ) -> None:
         """Age out older, less urgent records until the new ones fit; raise SpoolFull if not."""
-        over_bytes, over_records = self._over(counts)
+        over_bytes, over_records = self._over(counts, live)
         if not over_bytes and not over_records:
             return
         classes = (
@@ -691,15 +703,29 @@ class Spool:
                 self._shrink()
         return n
 
+    def _after_commit(self, grew: bool) -> None:
+        """Learn the WAL's real size; if the reserve grew, trim the database file to its share."""
+        with contextlib.suppress(FileNotFoundError):
+            grew |= self.reserve.note_wal_file(os.stat(f"{self.path}-wal").st_size)
+        if not grew:
+            return
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        excess = pages - self.reserve.file_cap // self._page_size
+        if excess > 0 and self._auto_vacuum == 2:
+            free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+            if free:
+                self._db.executescript(f"PRAGMA incremental_vacuum({min(free, excess)});")
+
     def _shrink(self) -> None:
-        """Give freed pages back to the file system once they are a quarter of the file, a
-        bounded step at a time (each step is one small write transaction)."""
-        if self._auto_vacuum != 2:
+        """Give freed pages back to the file system once half the file is free (a drained
+        backlog), at most every SHRINK_EVERY_S: each step is one more write transaction."""
+        if self._auto_vacuum != 2 or self._clock.monotonic() < self._next_shrink:
             return
         pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
-        if free >= 256 and free * 4 >= pages:
-            self._db.executescript(f"PRAGMA incremental_vacuum({min(free, 2048)});")
+        if free >= 32 and free * 2 >= pages:
+            self._next_shrink = self._clock.monotonic() + SHRINK_EVERY_S
+            self._db.executescript(f"PRAGMA incremental_vacuum({min(free, 4096)});")
 
     # -- figures --------------------------------------------------------------------------------
     def depth(self) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import sqlite3
 from pathlib import Path
 
@@ -149,3 +151,90 @@ def test_not_a_spool_file(tmp_path: Path, clock: ManualClock) -> None:
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(SpoolCorrupt, match=r"junk\.sqlite"):
         Spool(bad, clock)
+
+
+UUID_V4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def test_record_ids_are_schema_uuids_stable_and_unique_per_spool(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    a = Spool(tmp_path / "a.sqlite", clock, rng=random.Random(1))
+    b = Spool(tmp_path / "b.sqlite", clock, rng=random.Random(2))
+    ids_a = a.add([reading("m", t) for t in range(300)], Priority.INTERVAL)
+    ids_b = b.add([reading("m", t) for t in range(300)], Priority.INTERVAL)
+    assert all(UUID_V4.match(i) for i in ids_a + ids_b)
+    assert len(set(ids_a) | set(ids_b)) == 600  # the same data in two spools: distinct ids
+    assert b.ack(ids_a) == 0 and b.depth() == 300  # another spool's ids match nothing here
+    assert a.ack(["not-an-id", "", ids_a[0].replace("-4", "-1", 1)]) == 0
+    a.mark_in_flight(["garbage"])
+    assert a.in_flight() == 0
+    a.close()
+    a = Spool(tmp_path / "a.sqlite", clock)
+    assert [r.record_id for r in a.next_batch(300, 1 << 30)] == ids_a  # same ids after reopen
+    assert a.ack(ids_a[:10]) == 10
+    more = a.add([reading("m", 1000)], Priority.INTERVAL)
+    assert more[0] not in ids_a  # sequence numbers are never reused
+    a.close()
+    b.close()
+
+
+def test_schema_1_spool_is_migrated_in_order(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(
+        """
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            record_id TEXT NOT NULL UNIQUE, natural_key TEXT NOT NULL UNIQUE,
+            priority INTEGER NOT NULL, created_at REAL NOT NULL, body TEXT NOT NULL,
+            size INTEGER NOT NULL);
+        CREATE INDEX records_next ON records (priority, seq);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema', '1');
+        """
+    )
+    rows = [
+        (f"00000000-0000-4000-8000-00000000000{i}", f"m/{i}", i % 3, 100.0 + i, f'{{"i":{i}}}', 9)
+        for i in range(6)
+    ]
+    db.executemany(
+        "INSERT INTO records (record_id, natural_key, priority, created_at, body, size) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    db.close()
+    spool = Spool(path, clock, rng=random.Random(5))
+    batch = spool.next_batch(10, 1 << 20)
+    assert [r.natural_key for r in batch] == ["m/0", "m/3", "m/1", "m/4", "m/2", "m/5"]
+    assert [r.data for r in batch][:2] == [{"i": 0}, {"i": 3}]
+    assert batch[0].created_at == 100.0
+    assert all(UUID_V4.match(r.record_id) for r in batch)
+    assert spool._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental now
+    assert spool.ack([batch[0].record_id]) == 1
+    assert spool.add([reading("m", 1)], Priority.ALARM)
+    assert spool.integrity_check() == "ok"
+    spool.close()
+    spool = Spool(path, clock)
+    assert spool.depth() == 6
+    spool.close()
+
+
+def test_stats_to_dict_carries_the_figures(spool: Spool) -> None:
+    spool.add([reading("m", t) for t in range(3)], Priority.INTERVAL)
+    d = spool.stats().to_dict()
+    assert d["depth"] == 3 and d["depth_by_class"] == {"alarm": 0, "on_demand": 0, "interval": 3}
+    assert d["max_bytes"] == spool.max_bytes and 0 < d["disk_bytes"] <= d["max_bytes"]
+    assert d["queue_depth_exceeded"] is None and d["storm"] is False
+    json.dumps(d)
+
+
+def test_unknown_schema_version_is_refused(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "future.sqlite"
+    Spool(path, clock).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '9' WHERE key = 'schema'")
+    db.commit()
+    db.close()
+    with pytest.raises(SpoolCorrupt, match="schema '9'"):
+        Spool(path, clock)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from firmware_agent.clock import SystemClock
 from firmware_agent.spool import Spool
@@ -15,6 +18,8 @@ from firmware_agent.spool import Spool
 WRITER = """
 import sys
 from pathlib import Path
+
+import pytest
 from firmware_agent.clock import SystemClock
 from firmware_agent.spool import Priority, Spool
 spool = Spool(Path(sys.argv[1]), SystemClock())
@@ -32,7 +37,9 @@ while True:
 """
 
 
-def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill_9_loses_no_committed_record(tmp_path: Path, seed: int) -> None:
+    target = random.Random(seed).randint(200, 3000)  # a random point of the writer's life
     db = tmp_path / "spool.sqlite"
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(db)],
@@ -44,7 +51,7 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
     committed: set[str] = set()
     acked: set[str] = set()
     deadline = time.monotonic() + 30
-    while len(committed) < 3000 and time.monotonic() < deadline:
+    while len(committed) < target and time.monotonic() < deadline:
         line = proc.stdout.readline()
         assert line, f"writer died: exit {proc.poll()}"
         kind, *ids = line.split()
@@ -56,7 +63,7 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path) -> None:
         kind, *ids = line.split()
         (committed if kind == "COMMITTED" else acked).update(ids)
     assert proc.returncode == -signal.SIGKILL
-    assert len(committed) >= 3000
+    assert len(committed) >= target
 
     spool = Spool(db, SystemClock())
     try:
