@@ -49,7 +49,9 @@ from firmware_agent.collector.records import Alarm
 from firmware_agent.collector.scheduler import Collector, MeterStatus, state_path
 from firmware_agent.collector.security_reset import ResetResult, security_reset
 from firmware_agent.collector.session import SessionFactory, session_factory
-from firmware_agent.config import Config, ConfigError, MeterConfig
+from firmware_agent.config import Config, ConfigError, DiagConfig, MeterConfig
+from firmware_agent.diag.agent_source import AgentDiagSource
+from firmware_agent.diag.server import DiagServer, DiagSetupError
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
@@ -243,6 +245,7 @@ class Agent:
         self.pushes: push.PushReceiver | None = None
         self.operations = AgentOperations(self, config.uplink.commands.firmware_dir)
         self.commands: CommandDispatcher | None = None
+        self.diag: DiagServer | None = None
         self.push_listener: PushListener | None = None
         self.quarantine: Quarantine | None = None
         self.counters: CounterStore | None = None
@@ -351,6 +354,19 @@ class Agent:
             return opened.apdu
 
         return unwrap
+
+    async def _start_diag(self, cfg: DiagConfig) -> None:
+        """The maintenance interface. A diag API that cannot start (port taken, bad files) is
+        logged and left out: the gateway's job is reading meters, not serving technicians."""
+        server = DiagServer(AgentDiagSource(self), cfg, self.clock)
+        try:
+            host, port = await server.start()
+        except (OSError, DiagSetupError) as exc:
+            log.error("diag API not started on [%s]:%d: %s", cfg.bind, cfg.port, exc)
+            return
+        self.diag = server
+        log.info("diag API on https://%s:%d (technician certificates from %s)",
+                 host, port, cfg.ca_file)  # fmt: skip
 
     def _status_line(self) -> str:
         """What ``systemctl status`` shows while the agent runs."""
@@ -470,6 +486,8 @@ class Agent:
                 self.push_listener = None
             else:
                 log.info("listening for meter pushes on [%s]:%d", *where)
+        if cfg.diag is not None:
+            await self._start_diag(cfg.diag)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
@@ -528,6 +546,8 @@ class Agent:
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+        if self.diag is not None:
+            await self.diag.close()
         for link in self._links.values():
             with contextlib.suppress(Exception):
                 await link.close()

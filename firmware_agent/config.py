@@ -546,6 +546,29 @@ class CollectorConfig:
     firmware_concurrency: int = field(default=4, metadata=rules(in_range(1, 1000)))
 
 
+DIAG_MAX_PROBES = 20
+
+
+@dataclass(frozen=True)
+class DiagConfig:
+    """The maintenance interface: the diag API over HTTPS, for technicians' client
+    certificates only (their own CA, not the uplink's)."""
+
+    ca_file: Path = field(metadata=rules(readable_file))  # the technicians' CA
+    cert_file: Path = field(metadata=rules(readable_file))  # the gateway's diag certificate
+    key_file: Path = field(metadata=rules(readable_file, private_file))
+    bind: str = field(default="127.0.0.1", metadata=rules(bind_address))
+    port: int = field(default=8443, metadata=rules(in_range(0, 65535)))
+    # This many failed TLS handshakes from one address within failure_window_s block it for
+    # block_s (seed 000's fail-safe).
+    max_failures: int = field(default=5, metadata=rules(in_range(1, 1000)))
+    block_s: float = field(default=600.0, metadata=rules(positive))
+    failure_window_s: float = field(default=600.0, metadata=rules(positive))
+    handshake_timeout_s: float = field(default=10.0, metadata=rules(positive))
+    probe_count: int = field(default=4, metadata=rules(in_range(1, DIAG_MAX_PROBES)))
+    tls_version: str = field(default="1.2", metadata=rules(one_of("1.2", "1.3")))
+
+
 @dataclass(frozen=True)
 class SecurityConfig:
     """DLMS suite 0: where per-meter keys and invocation counters live, and our system title."""
@@ -601,6 +624,7 @@ class Config:
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     security: SecurityConfig | None = None
+    diag: DiagConfig | None = None
     source: Path | None = field(default=None, metadata=rules(from_yaml=False))
 
 

@@ -38,6 +38,8 @@ from hil.meter.model import MeterModel
 from hil.meter.objects import build_directory
 from hil.meter.push import PushSetupObject
 from hil.meter.udp import serve_tcp, serve_udp
+from hil.meter_node import NodeConfig
+from hil.node.rpl_node import RplConfig
 from hil.population import asyncio_scheduler, populate, read_mesh_meters
 from hil.rcp import VirtualRcp, serve_pty
 
@@ -72,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     rcp.add_argument("--noise-floor", type=float, default=-115.0, help="medium noise floor, dBm")
     rcp.add_argument("--path-loss-exponent", type=float, default=3.0)
     rcp.add_argument("--meters", type=Path, default=None, help="emulated meters file")
+    rcp.add_argument(
+        "--first-dis",
+        type=float,
+        default=RplConfig.dis_delay_s[1],
+        metavar="S",
+        help="a meter asks for the mesh (multicast DIS) at most this many s after power-up",
+    )
     rcp.add_argument(
         "--profile-period", type=float, default=900.0, help="meters' load-profile period, s"
     )
@@ -352,6 +361,7 @@ def attach_meters(medium: Medium, args: argparse.Namespace, rng: random.Random) 
         asyncio_scheduler(),
         channel=args.channel,
         profile_period_s=args.profile_period,
+        config=NodeConfig(rpl=RplConfig(dis_delay_s=(min(1.0, args.first_dis), args.first_dis))),
     )
     log.info("%d emulated meters on the medium", len(meters))
 

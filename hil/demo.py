@@ -21,10 +21,13 @@ from rich.table import Table
 from firmware_agent.agent import Agent, Snapshot
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import load_config
+from firmware_agent.diag.inventory import write_inventory
 from firmware_agent.view import LiveView
 from hil.broker import Mosquitto
 from hil.headend import HeadEnd
 from hil.pki import generate_pki
+
+TECHNICIAN = "technician"
 
 
 def _pki_dir(config_path: Path) -> tuple[str, Path]:
@@ -82,8 +85,26 @@ def run_demo(config_path: Path, duration: float | None, console: Console | None 
     )
     gateway_id, pki_dir = _pki_dir(config_path)
     pki = generate_pki(pki_dir, gateway_ids=(gateway_id,))
+    # The technicians' own CA (not the uplink's): the diag server's certificate and one
+    # technician's, so hes-diag works from a second terminal.
+    diag_pki = generate_pki(
+        pki_dir / "diag",
+        gateway_ids=(TECHNICIAN,),
+        headend_id="unused",
+        server_names=("127.0.0.1", "localhost"),
+    )
     config = load_config(config_path)
     console.print(f"certificates: {pki_dir} (fresh CA, broker, {gateway_id}, head end)")
+    if config.diag is not None:
+        technician = diag_pki.client(TECHNICIAN)
+        url = f"https://127.0.0.1:{config.diag.port}"
+        inventory = write_inventory(
+            gateway_id, url, diag_pki.ca_cert, technician.cert, technician.key
+        )
+        console.print(
+            f"diag API: {url}; hes-diag inventory {inventory}: try "
+            f"`.venv/bin/hes-diag --check-snr {gateway_id}` in another terminal"
+        )
     with (
         Mosquitto(pki, port=config.uplink.port, workdir=pki_dir.parent / "broker") as broker,
         HeadEnd(broker.host, broker.port, pki) as headend,

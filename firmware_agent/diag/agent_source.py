@@ -15,6 +15,7 @@ import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from firmware_agent.config import DIAG_MAX_PROBES
 from firmware_agent.diag.source import Json, UnknownMeter
 from firmware_agent.spool import Priority
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from firmware_agent.agent import Agent
 
 #: Most probes per neighbour a caller may ask for (each is one frame on a shared channel).
-MAX_PROBES = 20
 #: How many spooled records are looked through for pending alarms.
 ALARM_SCAN = 1000
 
@@ -215,8 +215,8 @@ class AgentDiagSource:
         stack = self.agent.stack
         if stack is None:
             return []
-        if not 1 <= count <= MAX_PROBES:
-            raise ValueError(f"count must be 1..{MAX_PROBES}, got {count}")
+        if not 1 <= count <= DIAG_MAX_PROBES:
+            raise ValueError(f"count must be 1..{DIAG_MAX_PROBES}, got {count}")
         names = self._meter_ids()
         async with self._probe_lock:
             targets = list(macs) if macs is not None else [nb.mac for nb in stack.neighbours.all()]

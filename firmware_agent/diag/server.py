@@ -17,21 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from firmware_agent.clock import Clock
+from firmware_agent.config import DIAG_MAX_PROBES, DiagConfig
 from firmware_agent.diag.blocker import (
-    DEFAULT_BLOCK_S,
-    DEFAULT_MAX_FAILURES,
-    DEFAULT_WINDOW_S,
     HandshakeBlocker,
     Verdict,
 )
@@ -42,41 +38,11 @@ log = logging.getLogger(__name__)
 API = "/api/v1"
 #: Schema ids in every payload (docs/schemas/diag-*.json); bumped only on incompatible changes.
 SCHEMA_PREFIX = "wisun-gateway/diag"
-MAX_PROBES = 20
 MAX_ALARMS = 500
 
 
 class DiagSetupError(Exception):
     """The diag API's settings or TLS files cannot be used; names the setting or file and why."""
-
-
-@dataclass(frozen=True)
-class DiagServerConfig:
-    """The ``diag:`` section of the gateway config (the lead maps it onto this)."""
-
-    ca_file: Path  # the technicians' CA: client certificates must chain to it
-    cert_file: Path  # the gateway's diag server certificate
-    key_file: Path  # its key (0600 or stricter)
-    bind: str = "127.0.0.1"  # the maintenance interface's address
-    port: int = 8443
-    max_failures: int = DEFAULT_MAX_FAILURES
-    block_s: float = DEFAULT_BLOCK_S
-    failure_window_s: float = DEFAULT_WINDOW_S
-    handshake_timeout_s: float = 10.0
-    probe_count: int = 4  # default probes per neighbour in the SNR check
-    tls_version: str = "1.2"  # the floor: "1.2" (field laptops) or "1.3"
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise DiagSetupError(f"diag.port {self.port}: expected 0..65535")
-        if self.tls_version not in ("1.2", "1.3"):
-            raise DiagSetupError(f"diag.tls_version {self.tls_version!r}: expected '1.2' or '1.3'")
-        if not 1 <= self.probe_count <= MAX_PROBES:
-            raise DiagSetupError(f"diag.probe_count {self.probe_count}: expected 1..{MAX_PROBES}")
-        if not self.handshake_timeout_s > 0:
-            raise DiagSetupError(
-                f"diag.handshake_timeout_s {self.handshake_timeout_s}: expected > 0"
-            )
 
 
 def _check_key_file(path: Path) -> None:
@@ -91,7 +57,7 @@ def _check_key_file(path: Path) -> None:
         )
 
 
-def build_server_context(cfg: DiagServerConfig) -> ssl.SSLContext:
+def build_server_context(cfg: DiagConfig) -> ssl.SSLContext:
     """Server side: our certificate, client certificates required and checked against the
     technicians' CA only (no system store)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -223,7 +189,7 @@ class DiagServer:
     def __init__(
         self,
         source: DiagSource,
-        config: DiagServerConfig,
+        config: DiagConfig,
         clock: Clock,
         *,
         context: ssl.SSLContext | None = None,
@@ -396,9 +362,13 @@ class DiagServer:
         if not isinstance(body, dict):
             return _error(400, "bad_request", "body must be a JSON object")
         count = body.get("count", self.config.probe_count)
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_PROBES:
+        if (
+            not isinstance(count, int)
+            or isinstance(count, bool)
+            or not 1 <= count <= DIAG_MAX_PROBES
+        ):
             return _error(
-                400, "bad_request", f"count {count!r}: expected an integer 1..{MAX_PROBES}"
+                400, "bad_request", f"count {count!r}: expected an integer 1..{DIAG_MAX_PROBES}"
             )
         macs: list[bytes] | None = None
         wanted = body.get("neighbours")
@@ -435,23 +405,3 @@ def _parse_eui64(value: object) -> bytes | None:
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def server_config_from_mapping(raw: dict[str, Any], base: Path | None = None) -> DiagServerConfig:
-    """Build the config from a plain mapping (a YAML ``diag:`` section); relative paths are
-    taken from ``base``. For the lead's loader and for tests; raises DiagSetupError."""
-    known = set(DiagServerConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise DiagSetupError(f"diag: unknown key(s) {unknown}; known: {sorted(known)}")
-    for key in ("ca_file", "cert_file", "key_file"):
-        if key not in raw:
-            raise DiagSetupError(f"diag.{key}: required")
-    values = dict(raw)
-    for key in ("ca_file", "cert_file", "key_file"):
-        p = Path(os.path.expanduser(str(values[key])))
-        values[key] = p if p.is_absolute() or base is None else base / p
-    try:
-        return DiagServerConfig(**values)
-    except TypeError as exc:
-        raise DiagSetupError(f"diag: {exc}") from exc

@@ -187,7 +187,7 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     error = reject(tmp_path, "- gateway\n- radio\n")
     assert str(error) == (
         "line 1: expected a mapping (with gateway, radio, uplink, spool, meters, collector, mesh, "
-        "security), got a list"
+        "security, diag), got a list"
     )
 
 

@@ -20,6 +20,7 @@ from firmware_agent.clock import SystemClock
 from firmware_agent.config import (
     CollectorConfig,
     Config,
+    DiagConfig,
     GatewayConfig,
     MeshConfig,
     MeterConfig,
@@ -29,7 +30,7 @@ from firmware_agent.config import (
     UplinkConfig,
 )
 from firmware_agent.diag.agent_source import AgentDiagSource
-from firmware_agent.diag.server import DiagServer, DiagServerConfig
+from firmware_agent.diag.server import DiagServer
 from hil.loop import register
 from hil.medium import Medium
 from hil.meter.directory import build_meter
@@ -148,7 +149,7 @@ class LiveGateway:
         while self.agent.stack is None:
             await asyncio.sleep(0.02)
         pki = self.diag_pki.pki
-        cfg = DiagServerConfig(
+        cfg = DiagConfig(
             ca_file=pki.ca_cert,
             cert_file=pki.server.cert,
             key_file=pki.server.key,

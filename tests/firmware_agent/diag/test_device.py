@@ -21,7 +21,7 @@ HES_DIAG = Path(sys.executable).with_name("hes-diag")
 def rcp_pty() -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "hil", "rcp", "--pty", "--seed", "1",
-         "--meters", str(ROOT / "config" / "demo-meters.yaml")],
+         "--meters", str(ROOT / "config" / "demo-meters.yaml"), "--first-dis", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
     )  # fmt: skip
     try:

@@ -20,10 +20,11 @@ import jsonschema
 import pytest
 
 from firmware_agent.clock import SystemClock
+from firmware_agent.config import DiagConfig
 from firmware_agent.diag import cli
 from firmware_agent.diag.client import ApiError, DiagClient, Refused, Target
 from firmware_agent.diag.inventory import write_inventory
-from firmware_agent.diag.server import DiagServer, DiagServerConfig
+from firmware_agent.diag.server import DiagServer
 from hil.pki import generate_foreign_client
 
 from .gateway_rig import METERS, DiagPki, LiveGateway, all_joined, make_diag_pki
@@ -243,7 +244,7 @@ def test_five_failed_handshakes_block_the_sixth_until_the_block_ends(
 ) -> None:
     gw, _, pki = rig
     caplog.set_level(logging.INFO, logger="firmware_agent.diag.server")
-    cfg = DiagServerConfig(
+    cfg = DiagConfig(
         ca_file=pki.pki.ca_cert, cert_file=pki.pki.server.cert, key_file=pki.pki.server.key,
         port=0, block_s=1.5,
     )  # fmt: skip
