@@ -62,6 +62,7 @@ from firmware_agent.spool_budget import (
     DiskReserve,
     IntervalThrottle,
     QueueDepthExceeded,
+    format_counts,
     wal_pages_for,
 )
 
@@ -603,8 +604,8 @@ class Spool:
             self.depth(),
             self.used_bytes(),
             self.max_bytes,
-            ep.aged_out or 0,
-            ep.refused or 0,
+            format_counts(ep.aged_out),
+            format_counts(ep.refused),
         )
 
     # -- uplink side ----------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class QueueDepthExceeded:
         return (
             f"Queue Depth Exceeded: spool holds {self.records}{cap} records ({depth}), "
             f"{self.used_bytes} bytes of budget {self.max_bytes} (disk {self.disk_bytes}); "
-            f"aged out {self.aged_out or 0}, refused {self.refused or 0}"
+            f"aged out {format_counts(self.aged_out)}, refused {format_counts(self.refused)}"
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -109,6 +109,13 @@ class QueueDepthExceeded:
             "aged_out": dict(self.aged_out),
             "refused": dict(self.refused),
         }
+
+
+def format_counts(by_class: dict[str, int]) -> str:
+    """``12 (interval 10, on_demand 2)``: the total first, so log readers can grep one number."""
+    total = sum(by_class.values())
+    detail = ", ".join(f"{k} {v}" for k, v in by_class.items() if v)
+    return f"{total} ({detail})" if detail else str(total)
 
 
 class IntervalThrottle:

@@ -25,9 +25,10 @@ from firmware_agent.spool import Priority, Spool
 rng = random.Random(int(sys.argv[2]))
 # a tiny WAL checkpoint threshold: images are taken before, during and after checkpoints
 spool = Spool(Path(sys.argv[1]), SystemClock(), rng=rng, wal_autocheckpoint_pages=8)
+stop = Path(sys.argv[1] + ".stop")
 pending = []
 i = 0
-while True:
+while not stop.exists():  # checked only after the prints: every commit gets its line
     k = rng.randint(1, 40)
     items = [({"device_id": f"m{(i + j) % 50}", "seq": i + j, "pad": "x" * rng.randint(10, 900)},
               f"m{(i + j) % 50}/{i + j}") for j in range(k)]
@@ -83,13 +84,14 @@ def test_power_cut_images_hold_every_committed_record(tmp_path: Path, seed: int)
                 kind, *ids = line.split()
                 (committed if kind == "COMMITTED" else acked).update(ids)
             images.append((power_cut_image(db, tmp_path / f"cut{n}"), set(committed), set(acked)))
-        for _ in range(3):  # an ack committed before the last image may not be printed yet
-            kind, *ids = proc.stdout.readline().split()
-            (committed if kind == "COMMITTED" else acked).update(ids)
+        Path(f"{db}.stop").touch()  # the writer finishes its turn, prints it, and exits
+        rest, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
     finally:
-        proc.kill()
-        rest, _ = proc.communicate(timeout=10)
-    for line in rest.split("\n")[:-1]:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    for line in rest.splitlines():
         kind, *ids = line.split()
         (committed if kind == "COMMITTED" else acked).update(ids)
 
