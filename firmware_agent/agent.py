@@ -58,7 +58,7 @@ from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
 from firmware_agent.operations import AgentOperations, commands_config
 from firmware_agent.sdnotify import Notifier, WatchdogFeeder, notifier_from_env
-from firmware_agent.spool import Priority, Spool
+from firmware_agent.spool import Priority, Spool, SpoolError
 from firmware_agent.uplink import outage
 from firmware_agent.uplink.commands import CommandDispatcher
 from firmware_agent.uplink.mqtt import Uplink, UplinkTuning
@@ -384,7 +384,10 @@ class Agent:
         categories = {**outage.DEFAULT_CATEGORIES, **self.config.uplink.commands.oms.categories}
         entry = outage.outage_record(alarm, now=self.clock.now(), categories=categories)
         if entry is not None and self.spool is not None:
-            self.spool.add([entry], Priority.ALARM)
+            try:
+                self.spool.add([entry], Priority.ALARM)
+            except SpoolError as exc:
+                log.error("CIM outage message for %s not spooled: %s", alarm.device_id, exc)
 
     def _on_mesh_push(self, src_mac: bytes, frame: bytes) -> None:
         meter = self._mesh_meters.get(src_mac)
@@ -427,7 +430,7 @@ class Agent:
         self.mesh_links = MeshLinks(
             self.stack, on_unsolicited=self._on_mesh_push, is_unsolicited=is_push_frame
         )
-        self.spool = Spool(cfg.spool.path, self.clock)
+        self.spool = Spool(cfg.spool.path, self.clock, rng=self.rng, max_bytes=cfg.spool.max_bytes)
         if self.with_uplink:
             self.commands = CommandDispatcher(
                 self.operations, self.clock, commands_config(cfg.uplink.commands)

