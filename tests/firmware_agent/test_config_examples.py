@@ -58,6 +58,7 @@ def test_demo_config_is_valid_once_the_demo_pki_exists(tmp_path: Path) -> None:
     shutil.copy(DEMO, tmp_path / "config" / "demo.yaml")
     shutil.copy(DEMO_METERS, tmp_path / "config" / "demo-meters.yaml")
     fill_pki(tmp_path / ".demo" / "pki", ["ca.crt", "gateway-01.crt", "gateway-01.key"])
+    fill_pki(tmp_path / ".demo" / "pki" / "diag", ["ca.crt", "server.crt", "server.key"])
     config = load_config(tmp_path / "config" / "demo.yaml")
     assert config.gateway.id == "gateway-01"
     assert config.radio.url == "spinel+pty://?meters=config/demo-meters.yaml&profile_period=60"
@@ -68,6 +69,8 @@ def test_demo_config_is_valid_once_the_demo_pki_exists(tmp_path: Path) -> None:
     assert [m.id for m in config.meters] == [f"MTR-000{i}" for i in range(1, 6)]
     assert [m.address for m in config.meters] == [f"02:00:00:00:00:00:00:0{i}" for i in range(1, 6)]
     assert {m.transport for m in config.meters} == {"mesh"}
+    assert config.diag is not None and (config.diag.bind, config.diag.port) == ("127.0.0.1", 18443)
+    assert config.diag.ca_file == tmp_path / ".demo" / "pki" / "diag" / "ca.crt"
 
 
 def key_paths(cls: type, prefix: str = "") -> list[str]:

@@ -400,9 +400,11 @@ def test_intervals_and_counts(tmp_path: Path, collector: str, path: str, message
     assert error.line == BASE.count("\n") + 1
 
 
-def test_spool_size_positive(tmp_path: Path) -> None:
+def test_spool_budget_at_least_a_mebibyte(tmp_path: Path) -> None:
     error = reject(tmp_path, BASE.replace("  path: spool.sqlite", "  path: s.db\n  max_bytes: 0"))
-    assert str(error) == "spool.max_bytes (line 14): must be greater than 0, got 0"
+    assert str(error) == (
+        "spool.max_bytes (line 14): must be between 1048576 and 1125899906842624, got 0"
+    )
 
 
 # ---- TLS files --------------------------------------------------------------------------------
