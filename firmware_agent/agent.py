@@ -561,6 +561,8 @@ class Agent:
         if self.counters is not None:
             self.counters.close()
         self._save_routes()
+        if self.stack is not None:
+            await self.stack.close()
         if self.radio is not None:
             with contextlib.suppress(RadioError):
                 await self.radio.close()

@@ -365,6 +365,14 @@ class MeshStack:
         self.stats.datagrams_rx += 1
         handler(sender, datagram)
 
+    async def close(self) -> None:
+        """Cancel the sends still under way (DAO-ACKs, answers to DIS) before the radio
+        closes, so none of them outlives the stack and fails against a closed radio."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
