@@ -46,6 +46,7 @@ from hil.meter.push import PushSource
 from hil.meter.udp import serve_udp
 from hil.pki import Pki
 from hil.rcp import VirtualRcp
+from hil.waiting import eventually
 
 EK = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 AK = bytes.fromhex("d0d1d2d3d4d5d6d7d8d9dadbdcdddedf")
@@ -133,14 +134,6 @@ def records(agent: Agent) -> list[SpoolRecord]:
     return agent.spool.next_batch(10_000, 1 << 30)
 
 
-async def until(what: Callable[[], bool], timeout: float, doing: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not what():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {doing}")
-        await asyncio.sleep(0.05)
-
-
 def run(test: Callable[[], Awaitable[None]]) -> None:
     async def bounded() -> None:
         await asyncio.wait_for(test(), 60)
@@ -171,12 +164,12 @@ def test_agent_reads_plain_and_suite0_meters_takes_pushes_and_recovers_a_desync(
         agent = Agent(cfg, clock, random.Random(3), registry_with_radio(), with_uplink=False)
         task = asyncio.create_task(agent.run())
         try:
-            await until(lambda: agent.collector is not None, 10, "the agent to start")
+            await eventually(lambda: agent.collector is not None, 10, "the agent to start")
             assert agent.collector is not None
             status = agent.collector.status
 
             # Both meters read into the spool, the secured one through HLS-GMAC.
-            await until(
+            await eventually(
                 lambda: status["MTR-P"].reads_ok >= 1 and status["MTR-S"].reads_ok >= 1,
                 15,
                 "a read of each meter",
@@ -192,7 +185,7 @@ def test_agent_reads_plain_and_suite0_meters_takes_pushes_and_recovers_a_desync(
             assert is_push_frame(gasp)
             sender.sendto(gasp, ("127.0.0.1", push_port))
             sender.close()
-            await until(
+            await eventually(
                 lambda: any(r.priority == Priority.ALARM for r in records(agent)), 5, "the alarm"
             )
             first = records(agent)[0]
@@ -201,7 +194,7 @@ def test_agent_reads_plain_and_suite0_meters_takes_pushes_and_recovers_a_desync(
 
             # The meter forgets where its counters were: MAC Fail, reported once as an alarm.
             secure.desync_counters(client=secure.client_counter + 1_000_000)
-            await until(lambda: status["MTR-S"].mac_fail, 10, "the MAC Fail")
+            await eventually(lambda: status["MTR-S"].mac_fail, 10, "the MAC Fail")
             assert status["MTR-S"].last_error_name == "MAC Fail"
             alarms = [r for r in records(agent) if r.priority == Priority.ALARM]
             assert any("MTR-S" in r.natural_key and "mac-fail" in r.natural_key for r in alarms)
@@ -211,7 +204,7 @@ def test_agent_reads_plain_and_suite0_meters_takes_pushes_and_recovers_a_desync(
             assert reset.meter_counter >= 1_000_000
             assert reset.new_next == reset.meter_counter + 1
             ok_before = status["MTR-S"].reads_ok
-            await until(lambda: status["MTR-S"].reads_ok > ok_before, 10, "a read after reset")
+            await eventually(lambda: status["MTR-S"].reads_ok > ok_before, 10, "a read after reset")
             assert not status["MTR-S"].mac_fail
 
             # A firmware push to the secured meter through the agent, verified and activated.
@@ -258,7 +251,7 @@ def test_head_end_commands_reach_the_agent_through_mosquitto(
         task = asyncio.create_task(agent.run())
         with CommandRequester(hil_pki, broker, (REPLIES, events), gateway=gateway) as he:
             try:
-                await until(
+                await eventually(
                     lambda: agent.uplink is not None and agent.uplink.stats.connected,
                     10,
                     "the uplink",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from firmware_agent.clock import SystemClock
 from firmware_agent.config import TlsConfig, UplinkConfig
+from firmware_agent.spool import Spool
 from hil.broker import Mosquitto
 from hil.pki import Pki, generate_pki
 
@@ -48,3 +51,10 @@ def make_uplink_config(mtls_pki: Pki, mqtt_broker: Mosquitto) -> Callable[..., U
         )
 
     return make
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Iterator[Spool]:
+    s = Spool(tmp_path / "spool.sqlite", SystemClock(), rng=random.Random(3))
+    yield s
+    s.close()

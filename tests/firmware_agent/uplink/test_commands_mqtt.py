@@ -26,10 +26,10 @@ from hil.broker import Mosquitto
 from hil.headend.requester import CommandRequester
 from hil.meter.push import PushSource
 from hil.pki import Pki
+from hil.waiting import eventually
 
 from .test_commands import Gateway, get_xml
 from .test_uplink_commands import FAST, GATEWAY, wait_connected
-from .test_uplink_mqtt import eventually
 
 
 def test_meter_status_and_json_commands_through_mosquitto(

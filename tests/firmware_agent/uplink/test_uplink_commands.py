@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,9 @@ from firmware_agent.uplink.tls import TlsSetupError
 from hil.broker import Mosquitto
 from hil.headend.requester import CommandRequester
 from hil.pki import Pki, generate_pki, issue_client
+from hil.waiting import eventually
+
+from .support import run_with_uplink
 
 GATEWAY = "gateway-01"
 
@@ -36,40 +38,10 @@ def readings(n: int, meter: str = "m1") -> list[tuple[dict[str, Any], str]]:
     ]
 
 
-async def eventually(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def run_with_uplink(
-    uplink: Uplink, body: Callable[[Uplink], Awaitable[None]], timeout: float = 30.0
-) -> None:
-    async def main() -> None:
-        task = asyncio.create_task(uplink.run())
-        try:
-            await asyncio.wait_for(body(uplink), timeout)
-        finally:
-            await uplink.stop(flush_timeout=1.0)
-            await asyncio.wait_for(task, 10)
-
-    asyncio.run(main())
-
-
 FAST = UplinkTuning(
     backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeout_s=2.0, poll_interval_s=0.2
 )
 SCHEMAS = Path(__file__).resolve().parents[3] / "docs" / "schemas"
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool.sqlite", SystemClock(), rng=random.Random(3))
-    yield s  # type: ignore[misc]
-    s.close()
 
 
 async def echo(req: CommandRequest) -> CommandResponse:

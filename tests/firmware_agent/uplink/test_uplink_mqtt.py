@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from firmware_agent.uplink.tls import TlsSetupError, build_ssl_context
 from hil.broker import BrokerOptions, Mosquitto
 from hil.headend import HeadEnd
 from hil.pki import Pki, generate_foreign_client, issue_client
+from hil.waiting import eventually
+
+from .support import run_with_uplink
 
 GATEWAY = "gateway-01"
 FAST = UplinkTuning(backoff=Backoff(initial_s=0.1, maximum_s=0.4), connect_timeout_s=2.0)
@@ -41,36 +44,6 @@ def readings(n: int, start: int = 0, meter: str = "m1") -> list[tuple[dict[str, 
         )
         for i in range(n)
     ]
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool.sqlite", SystemClock(), rng=random.Random(3))
-    yield s  # type: ignore[misc]
-    s.close()
-
-
-async def eventually(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def run_with_uplink(
-    uplink: Uplink, body: Callable[[Uplink], Awaitable[None]], timeout: float = 30.0
-) -> None:
-    async def main() -> None:
-        task = asyncio.create_task(uplink.run())
-        try:
-            await asyncio.wait_for(body(uplink), timeout)
-        finally:
-            await uplink.stop(flush_timeout=1.0)
-            await asyncio.wait_for(task, 10)
-
-    asyncio.run(main())
 
 
 def test_records_reach_head_end_and_leave_spool(
