@@ -89,7 +89,8 @@ CREATE TABLE IF NOT EXISTS records (
     body        TEXT    NOT NULL,
     size        INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_next ON records (priority, seq);
+DROP INDEX IF EXISTS records_next;
+CREATE INDEX IF NOT EXISTS records_urgent ON records (priority, seq) WHERE priority < 2;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "2"
@@ -97,6 +98,13 @@ _SEQ_BITS = 58
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _LOW62 = (1 << 62) - 1
 _CHUNK = 500  # ids per IN (...) statement
+# Only alarms and on-demand replies are indexed by (priority, seq) (a partial index: interval
+# inserts, the bulk, skip it, ~10 % of the enqueue rate); interval reads are found in rowid order.
+_CLASS_WHERE = {
+    0: "priority = 0 AND priority < 2",
+    1: "priority = 1 AND priority < 2",
+    2: "priority = 2",
+}
 
 
 class Priority(enum.IntEnum):
@@ -144,9 +152,14 @@ class SpoolCorrupt(SpoolError):
     """The database file is not a spool of a version we understand."""
 
 
+# Built once: json.dumps with arguments builds a new encoder per call (~10 % of an add). The
+# encoder holds only its options, so sharing it is no shared mutable state.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def encode_body(record: dict[str, Any]) -> str:
     """The stored form of a record: compact JSON, one object. Raises TypeError/ValueError."""
-    return json.dumps(record, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(record)
 
 
 @dataclass(frozen=True)
@@ -308,6 +321,9 @@ class Spool:
                 meta["spool_id"] = f"{self._rng.getrandbits(64):016x}"
                 db.execute("INSERT INTO meta VALUES ('spool_id', ?)", (meta["spool_id"],))
         self._spool_id = int(meta["spool_id"], 16)
+        # Only the last 16 hex digits of an id depend on the sequence number: format those.
+        self._id_prefix = self._record_id_slow(0)[:19]
+        self._id_low = (2 << 62) | ((self._spool_id & 0xF) << _SEQ_BITS)
         self.aged_out = {p: int(meta.get(f"aged.{p.label}", 0)) for p in Priority}
         self._counts = dict.fromkeys(Priority, 0)
         for prio, n in db.execute("SELECT priority, COUNT(*) FROM records GROUP BY priority"):
@@ -346,6 +362,10 @@ class Spool:
 
     def record_id(self, seq: int) -> str:
         """The record id of sequence number ``seq`` in this spool (see the module docstring)."""
+        h = f"{self._id_low | (seq & _SEQ_MASK):016x}"
+        return f"{self._id_prefix}{h[:4]}-{h[4:]}"
+
+    def _record_id_slow(self, seq: int) -> str:
         v = (self._spool_id << _SEQ_BITS) | (seq & _SEQ_MASK)  # 122 bits
         x = ((v >> 74) << 80) | (4 << 76) | (((v >> 62) & 0xFFF) << 64) | (2 << 62) | (v & _LOW62)
         h = f"{x:032x}"
@@ -510,9 +530,9 @@ class Spool:
                 n = max(2 * n, over_records, math.ceil(over_bytes / per_record), 1)
                 deleted = self._db.execute(
                     "DELETE FROM records WHERE seq IN (SELECT seq FROM records "
-                    "WHERE priority = ? AND seq < ? "
+                    f"WHERE {_CLASS_WHERE[cls]} AND seq < ? "
                     "AND seq NOT IN (SELECT seq FROM temp.inflight) ORDER BY seq LIMIT ?)",
-                    (int(cls), first_new, n),
+                    (first_new, n),
                 ).rowcount
                 if deleted <= 0:
                     break

@@ -6,9 +6,12 @@ import json
 import random
 import re
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware_agent.clock import ManualClock
 from firmware_agent.spool import Priority, RecordRejected, Spool, SpoolCorrupt
@@ -238,3 +241,14 @@ def test_unknown_schema_version_is_refused(tmp_path: Path, clock: ManualClock) -
     db.close()
     with pytest.raises(SpoolCorrupt, match="schema '9'"):
         Spool(path, clock)
+
+
+@given(seq=st.integers(0, (1 << 58) - 1), seed=st.integers(0, 2**32))
+@settings(max_examples=200, deadline=None)
+def test_record_id_round_trips_and_fast_path_matches_layout(seq: int, seed: int) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        spool = Spool(Path(d) / "s.sqlite", ManualClock(), rng=random.Random(seed))
+        rid = spool.record_id(seq)
+        assert rid == spool._record_id_slow(seq) and UUID_V4.match(rid)
+        assert spool._seq(rid) == seq
+        spool.close()
