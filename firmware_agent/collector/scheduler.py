@@ -62,7 +62,7 @@ from firmware_agent.collector.session import (
 )
 from firmware_agent.collector.wrapper import WrapperError
 from firmware_agent.config import CollectorConfig, Config, MeterConfig
-from firmware_agent.spool import Priority, Spool
+from firmware_agent.spool import Priority, Spool, SpoolError
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,15 @@ class Collector:
                 return None
             except TimeoutError as exc:
                 err = MeterReadError(meter.id, "read", LinkTimeout(f"read hung: {exc}"))
+                self._failed(meter, err)
+                if errors is not None:
+                    errors.append(err)
+                return None
+            except SpoolError as exc:
+                # The spool is full of more urgent records (or failing): the readings were not
+                # kept, and the catch-up mark did not move, so a later read fetches them again.
+                err = MeterReadError(meter.id, "spool", exc)
+                log.warning("readings of meter %s not spooled: %s", meter.id, exc)
                 self._failed(meter, err)
                 if errors is not None:
                     errors.append(err)
