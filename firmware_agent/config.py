@@ -592,6 +592,34 @@ def ula_prefix(value: Any, _: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
+class WsbrdConfig:
+    """Collecting beside Silicon Labs' wsbrd: its D-Bus API for the mesh views, its TUN
+    interface (the kernel's routes) for the meters' IPv6 traffic."""
+
+    # "system", "session", or a D-Bus address such as unix:path=/run/dbus/system_bus_socket
+    bus: str = "system"
+    port: int = field(default=4059, metadata=rules(in_range(1, 65535)))  # the meters' DLMS port
+    # wsbrd reports no noise floor: with this calibration, SNR is shown as RSL minus it,
+    # labelled an estimate; without it, SNR is "not available from this backend".
+    noise_floor_dbm: float | None = field(default=None, metadata=rules(in_range(-140, -30)))
+    # Nodes and RoutingGraph are re-read this often as well as on their change signals.
+    poll_s: float = field(default=30.0, metadata=rules(positive))
+
+
+@dataclass(frozen=True)
+class TiNcpConfig:
+    """Collecting through a TI board that runs the Wi-SUN FAN stack itself (an NCP on
+    ``radio.url``): its Spinel properties for the mesh views, STREAM_NET for IPv6."""
+
+    port: int = field(default=4059, metadata=rules(in_range(1, 65535)))
+    noise_floor_dbm: float | None = field(default=None, metadata=rules(in_range(-140, -30)))
+    # CONNECTED_DEVICES / DODAG_ROUTE are read this often, never faster than min_gap_s apart:
+    # back-to-back reads of the device list crash TI's stack.
+    poll_s: float = field(default=30.0, metadata=rules(positive))
+    min_gap_s: float = field(default=1.0, metadata=rules(positive))
+
+
+@dataclass(frozen=True)
 class MeshConfig:
     """The gateway's side of the mesh: the RPL root, the routing table, link thresholds."""
 
@@ -611,6 +639,10 @@ class MeshConfig:
     silent_after_s: float = field(default=1800.0, metadata=rules(positive))
     # The routing table is saved here (atomically) and reloaded at start; None: not persisted.
     routes_file: Path | None = None
+    # Which stack runs the mesh: our own RPL root on a raw RCP, wsbrd (D-Bus), or a TI NCP.
+    backend: str = field(default="own", metadata=rules(one_of("own", "wsbrd", "ti-ncp")))
+    wsbrd: WsbrdConfig = field(default_factory=WsbrdConfig)
+    ti_ncp: TiNcpConfig = field(default_factory=TiNcpConfig)
 
 
 @dataclass(frozen=True)
