@@ -6,7 +6,7 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
 DURATION ?= 0
-APT_PKGS := mosquitto mosquitto-clients tshark socat openssl gcc
+APT_PKGS := mosquitto mosquitto-clients tshark socat openssl gcc dbus iproute2
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench lint bootstrap apt clean
