@@ -52,7 +52,10 @@ from firmware_agent.collector.session import SessionFactory, session_factory
 from firmware_agent.config import Config, ConfigError, DiagConfig, MeterConfig
 from firmware_agent.diag.agent_source import AgentDiagSource
 from firmware_agent.diag.server import DiagServer, DiagSetupError
+from firmware_agent.mesh.backend import MeshBackend, MeshBackendError, MeshEvent
+from firmware_agent.mesh.external import open_external
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
+from firmware_agent.mesh.own import OwnMeshBackend
 from firmware_agent.mesh.route_store import load_table, save_json
 from firmware_agent.mesh.routes import RoutingTable, SnapshotError
 from firmware_agent.mesh.stack import MeshLinks, MeshStack
@@ -237,6 +240,9 @@ class Agent:
         self.radio: Transceiver | None = None
         self.capture: PcapWriter | None = None
         self.radio_info: RadioInfo | None = None
+        # The mesh as the layers above see it (own stack, wsbrd or a TI NCP); ``stack`` and
+        # ``mesh_links`` are set only with our own stack (the probe and the noise floor).
+        self.mesh: MeshBackend | None = None
         self.stack: MeshStack | None = None
         self.mesh_links: MeshLinks | None = None
         self.spool: Spool | None = None
@@ -256,6 +262,8 @@ class Agent:
         self._links: dict[str, MeterLink] = {}
         self._stop = asyncio.Event()
         self._final_spool_depth = 0
+        self._mesh_workers: set[str] = set()
+        self._mesh_meters: dict[bytes, MeterConfig] = {}
 
     def stop(self) -> None:
         self._stop.set()
@@ -264,8 +272,8 @@ class Agent:
         link = self._links.get(meter.id)
         if link is None:
             if meter.transport == "mesh":
-                assert self.mesh_links is not None
-                link = self.mesh_links.link(eui64(meter.address))
+                assert self.mesh is not None
+                link = self.mesh.link(eui64(meter.address))
             elif meter.transport == "udp":
                 link = UdpMeterLink(meter.address, meter.port)
             else:
@@ -312,6 +320,47 @@ class Agent:
         await radio.enable_raw_stream(True)
         log.info("radio %s open: %s, EUI-64 %s", cfg.url, info.ncp_version, info.hwaddr.hex(":"))
         return radio, info
+
+    async def _open_mesh(self) -> MeshBackend:
+        """Our own stack on the radio board, or the external border router the config names."""
+        cfg = self.config
+        if cfg.mesh.backend != "own":
+            backend = open_external(cfg, self.clock, self.rng)
+            await backend.start()
+            log.info("mesh through %s: %s", cfg.mesh.backend, backend.identity())
+            return backend
+        self.radio, self.radio_info = await self._open_radio()
+        routes, restored = self._routing_table(self.radio_info.hwaddr)
+        self.stack = MeshStack(
+            self.radio,
+            self.radio_info.hwaddr,
+            self.clock,
+            mesh=cfg.mesh,
+            channel=cfg.radio.channel,
+            rng=self.rng,
+            routes=routes,
+        )
+        if not restored:
+            # No saved routes: a new DTSN in the first DIOs asks every node for its DAOs now
+            # rather than at its next refresh.
+            self.stack.root.request_daos(self.clock.monotonic())
+        self.mesh_links = MeshLinks(
+            self.stack, on_unsolicited=self._on_mesh_push, is_unsolicited=is_push_frame
+        )
+        return OwnMeshBackend(
+            self.stack,
+            self.mesh_links,
+            prefix=cfg.mesh.prefix,
+            ncp_version=self.radio_info.ncp_version,
+            noise_sample_interval_s=cfg.radio.noise_sample_interval_s,
+        )
+
+    def _on_mesh_event(self, event: MeshEvent) -> None:
+        """Joins, departures and moves of configured meters, one log line each."""
+        meter = self._mesh_meters.get(event.node)
+        name = meter.id if meter is not None else event.node.hex(":")
+        path = "" if event.path is None else " via " + " > ".join(h.hex()[-4:] for h in event.path)
+        log.info("mesh: %s %s%s (%s)", name, event.kind.value, path, event.reason)
 
     def _on_radio_event(self, event: RadioEvent) -> None:
         """The wrapper logs every event itself; the agent keeps its view of the board current."""
@@ -405,31 +454,18 @@ class Agent:
         except ConfigError as exc:
             log.error("%s", exc)
             return exc.exit_code
+        self._mesh_meters = {eui64(m.address): m for m in cfg.meters if m.transport == "mesh"}
         try:
-            self.radio, self.radio_info = await self._open_radio()
-        except (RadioError, OSError) as exc:
-            log.error("cannot open radio %s: %s", cfg.radio.url, exc)
+            self.mesh = await self._open_mesh()
+        except (RadioError, OSError, MeshBackendError) as exc:
+            if cfg.mesh.backend == "wsbrd":
+                log.error("cannot reach wsbrd on the %s bus: %s", cfg.mesh.wsbrd.bus, exc)
+            else:
+                log.error("cannot open radio %s: %s", cfg.radio.url, exc)
             if self.capture is not None:
                 self.capture.close()
             return EXIT_FAILURE
-        routes, restored = self._routing_table(self.radio_info.hwaddr)
-        self.stack = MeshStack(
-            self.radio,
-            self.radio_info.hwaddr,
-            self.clock,
-            mesh=cfg.mesh,
-            channel=cfg.radio.channel,
-            rng=self.rng,
-            routes=routes,
-        )
-        if not restored:
-            # No saved routes: a new DTSN in the first DIOs asks every node for its DAOs now
-            # rather than at its next refresh.
-            self.stack.root.request_daos(self.clock.monotonic())
-        self._mesh_meters = {eui64(m.address): m for m in cfg.meters if m.transport == "mesh"}
-        self.mesh_links = MeshLinks(
-            self.stack, on_unsolicited=self._on_mesh_push, is_unsolicited=is_push_frame
-        )
+        self.mesh.add_listener(self._on_mesh_event)
         self.spool = Spool(cfg.spool.path, self.clock, rng=self.rng, max_bytes=cfg.spool.max_bytes)
         if self.with_uplink:
             self.commands = CommandDispatcher(
@@ -494,17 +530,13 @@ class Agent:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
-        workers = {
-            asyncio.create_task(self.stack.run(), name="mesh"),
-            asyncio.create_task(self.stack.run_root(), name="rpl"),
-            asyncio.create_task(
-                self.stack.noise_sampler(cfg.radio.noise_sample_interval_s), name="noise"
-            ),
-            asyncio.create_task(self.collector.run(), name="collector"),
-        }
+        mesh_workers = self.mesh.workers()
+        self._mesh_workers = set(mesh_workers)
+        workers = {asyncio.create_task(coro, name=name) for name, coro in mesh_workers.items()}
+        workers.add(asyncio.create_task(self.collector.run(), name="collector"))
         if self.uplink is not None:
             workers.add(asyncio.create_task(self.uplink.run(), name="uplink"))
-        if cfg.mesh.routes_file is not None:
+        if cfg.mesh.routes_file is not None and self.stack is not None:
             workers.add(asyncio.create_task(self._save_routes_every(ROUTES_SAVE_S), name="routes"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         # The watchdog is petted only while every loop is alive: a dead loop lets systemd
@@ -513,10 +545,10 @@ class Agent:
         for worker in workers:
             feeder.watch_task(worker.get_name(), worker)
         watchdog = asyncio.create_task(feeder.run(), name="watchdog")
-        assert self.radio_info is not None
+        ident = self.mesh.identity()
         self.notifier.ready(
-            f"{cfg.gateway.id}: radio {self.radio_info.ncp_version}, channel "
-            f"{cfg.radio.channel}, {len(cfg.meters)} meters"
+            f"{cfg.gateway.id}: {ident['backend']} mesh, {ident.get('ncp_version') or '?'}, "
+            f"channel {ident.get('channel', '?')}, {len(cfg.meters)} meters"
         )
         code = EXIT_OK
         try:
@@ -537,7 +569,9 @@ class Agent:
 
     async def _shutdown(self, workers: set[asyncio.Task[None]]) -> None:
         log.info("shutting down")
-        order = ["collector", "noise", "routes", "rpl", "mesh"]
+        # Collector first (no new reads), then the mesh's own loops, the packet pump last.
+        mesh_loops = sorted(self._mesh_workers - {"mesh"})
+        order = ["collector", "routes", *mesh_loops, "mesh"]
         for name in order:
             for task in workers:
                 if task.get_name() == name:
@@ -561,8 +595,9 @@ class Agent:
         if self.counters is not None:
             self.counters.close()
         self._save_routes()
-        if self.stack is not None:
-            await self.stack.close()
+        if self.mesh is not None:
+            with contextlib.suppress(Exception):
+                await self.mesh.close()
         if self.radio is not None:
             with contextlib.suppress(RadioError):
                 await self.radio.close()
@@ -628,9 +663,9 @@ class Agent:
 
     def hops(self, meter: MeterConfig) -> int | None:
         """Hops on the meter's preferred mesh path now; None for IP meters and unjoined ones."""
-        if self.stack is None or meter.transport != "mesh":
+        if self.mesh is None or meter.transport != "mesh":
             return None
-        route = self.stack.routes.source_route(eui64(meter.address), self.clock.monotonic())
+        route = self.mesh.routes.source_route(eui64(meter.address), self.clock.monotonic())
         return None if route is None else len(route)
 
     def meter(self, meter_id: str) -> MeterConfig:
@@ -691,6 +726,7 @@ class Agent:
             for m in self.config.meters:
                 nb, hops = None, self.hops(m)
                 if self.stack is not None and m.transport == "mesh":
+                    # Only our own stack measures the first hop's link itself.
                     mac = eui64(m.address)
                     route = self.stack.routes.source_route(mac, now)
                     nb = self.stack.neighbours.get(route[0] if route else mac)

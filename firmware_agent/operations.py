@@ -90,11 +90,11 @@ class AgentOperations:
 
     def view_mesh(self, meter_id: str) -> list[MeshPath]:
         meter = self.agent.meter(meter_id)
-        stack = self.agent.stack
-        if meter.transport != "mesh" or stack is None:
+        mesh = self.agent.mesh
+        if meter.transport != "mesh" or mesh is None:
             return []  # an IP meter: its paths are not ours to know
         mac = bytes.fromhex(meter.address.replace(":", ""))
-        return mesh_paths(stack.routes, mac, stack.clock.monotonic())
+        return mesh_paths(mesh.routes, mac, self.agent.clock.monotonic())
 
     async def push_firmware(
         self, meter_ids: Sequence[str], image: FirmwareImage, bytes_per_s: float | None

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from firmware_agent.config import DIAG_MAX_PROBES
-from firmware_agent.diag.source import Json, UnknownMeter
+from firmware_agent.diag.source import Json, NotAvailable, UnknownMeter
+from firmware_agent.mesh.backend import NOT_AVAILABLE
 from firmware_agent.spool import Priority
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class AgentDiagSource:
         return {_eui64(m.address): m.id for m in self.agent.config.meters if m.transport == "mesh"}
 
     def _name(self, mac: bytes, names: dict[bytes, str]) -> str | None:
-        if self.agent.stack is not None and mac == self.agent.stack.hwaddr:
+        if self.agent.mesh is not None and mac == self.agent.mesh.root:
             return self.agent.config.gateway.id
         return names.get(mac)
 
@@ -97,6 +98,7 @@ class AgentDiagSource:
             "gateway_id": snap.gateway_id,
             "time": self.agent.clock.now(),
             "radio": radio,
+            "mesh": self.mesh_backend(),
             "uplink": {"connected": snap.uplink_connected, "error": snap.uplink_error or None},
             "published_records": snap.published_records,
             "spool_depth": snap.spool_depth,
@@ -108,39 +110,50 @@ class AgentDiagSource:
             "meters": meters,
         }
 
+    def mesh_backend(self) -> Json:
+        mesh = self.agent.mesh
+        if mesh is None:
+            return {"backend": self.agent.config.mesh.backend, "unavailable": {}, "estimated": {}}
+        return {
+            **mesh.identity(),
+            "unavailable": dict(mesh.unavailable),
+            "estimated": dict(mesh.estimated),
+        }
+
     def neighbours(self) -> list[Json]:
-        stack = self.agent.stack
-        if stack is None:
+        mesh = self.agent.mesh
+        if mesh is None:
             return []
         names = self._meter_ids()
-        rows = stack.neighbours.rows(self.agent.clock.now())
+        rows = mesh.neighbour_rows(self.agent.clock.now())
         for row in rows:
             row["meter_id"] = names.get(bytes.fromhex(str(row["mac"])))
         return rows
 
     def routes(self) -> Json:
-        stack = self.agent.stack
-        if stack is None:
+        mesh = self.agent.mesh
+        if mesh is None:
             return {"root": None, "routes": []}
         names = self._meter_ids()
-        rows = stack.routes.table(self.agent.clock.monotonic())
+        rows = mesh.routes.table(self.agent.clock.monotonic())
         for row in rows:
             row["meter_id"] = names.get(bytes.fromhex(str(row["node"])))
-        return {"root": stack.hwaddr.hex(), "routes": rows}
+        return {"root": mesh.root.hex(), "backend": mesh.kind, "routes": rows}
 
     def paths(self, meter_id: str) -> Json:
         meter = next((m for m in self.agent.config.meters if m.id == meter_id), None)
         if meter is None:
             raise UnknownMeter(f"no meter {meter_id!r} in the gateway's configuration")
         out: Json = {"meter_id": meter_id, "transport": meter.transport, "paths": []}
-        stack = self.agent.stack
-        if meter.transport != "mesh" or stack is None:
+        mesh = self.agent.mesh
+        if meter.transport != "mesh" or mesh is None:
             out["node"] = None
             return out
         node = _eui64(meter.address)
         out["node"] = node.hex()
+        out["backend"] = mesh.kind
         now = self.agent.clock.monotonic()
-        routes = stack.routes
+        routes = mesh.routes
         preferred = routes.preferred(node, now)
         names = self._meter_ids()
         paths = []
@@ -212,6 +225,13 @@ class AgentDiagSource:
         return alarms[:limit]
 
     async def probe_neighbours(self, count: int, macs: Sequence[bytes] | None = None) -> list[Json]:
+        mesh = self.agent.mesh
+        if mesh is not None and mesh.kind != "own":
+            raise NotAvailable(
+                f"the active SNR check is {NOT_AVAILABLE} ({mesh.kind}): it sends probe frames"
+                " through the gateway's own radio; see GET /api/v1/neighbours for the links"
+                " the border router reports"
+            )
         stack = self.agent.stack
         if stack is None:
             return []

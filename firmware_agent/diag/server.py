@@ -31,7 +31,7 @@ from firmware_agent.diag.blocker import (
     HandshakeBlocker,
     Verdict,
 )
-from firmware_agent.diag.source import DiagSource, Json, UnknownMeter
+from firmware_agent.diag.source import DiagSource, Json, NotAvailable, UnknownMeter
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,10 @@ class DiagServer:
         return self._payload("status", snap)
 
     async def _neighbours(self, request: web.Request) -> web.Response:
-        return self._payload("neighbours", {"neighbours": self.source.neighbours()})
+        return self._payload(
+            "neighbours",
+            {"mesh": self.source.mesh_backend(), "neighbours": self.source.neighbours()},
+        )
 
     async def _routes(self, request: web.Request) -> web.Response:
         return self._payload("routes", self.source.routes())
@@ -382,7 +385,10 @@ class DiagServer:
                     return _error(400, "bad_request", f"neighbours: {item!r} is not an EUI-64")
                 macs.append(mac)
         started = self.clock.monotonic()
-        links = await self.source.probe_neighbours(count, macs)
+        try:
+            links = await self.source.probe_neighbours(count, macs)
+        except NotAvailable as exc:
+            return _error(501, "not_available", str(exc))
         return self._payload(
             "snr-check",
             {

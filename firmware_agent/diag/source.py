@@ -18,11 +18,20 @@ class UnknownMeter(LookupError):
     """The meter id is not in the gateway's configuration (the API answers 404)."""
 
 
+class NotAvailable(LookupError):
+    """The mesh backend cannot do this (the API answers 501 with the reason)."""
+
+
 class DiagSource(Protocol):
     """What the diag server needs from the gateway. All but the probe answer at once."""
 
     def snapshot(self) -> Json:
         """Gateway id, radio, uplink state, spool depth, meters, link limits, alarm totals."""
+        ...
+
+    def mesh_backend(self) -> Json:
+        """Which stack runs the mesh, and which neighbour figures it cannot supply
+        (``unavailable``: field → why) or only estimates (``estimated``: field → how)."""
         ...
 
     def neighbours(self) -> list[Json]:

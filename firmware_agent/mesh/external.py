@@ -1,0 +1,19 @@
+"""Opening an external border router's backend by its config name.
+
+Imported lazily: the wsbrd backend needs dbus-fast (the ``gateway`` extra), which a gateway
+running our own stack does not.
+"""
+
+from __future__ import annotations
+
+import random
+
+from firmware_agent.clock import Clock
+from firmware_agent.config import Config
+from firmware_agent.mesh.backend import MeshBackend, MeshBackendError
+
+
+def open_external(config: Config, clock: Clock, rng: random.Random) -> MeshBackend:
+    """The backend ``config.mesh.backend`` names (not yet started: call ``start()``)."""
+    kind = config.mesh.backend
+    raise MeshBackendError(f"mesh.backend {kind!r}: this build has no such backend")
