@@ -151,7 +151,7 @@ class AgentDiagSource:
             return out
         node = _eui64(meter.address)
         out["node"] = node.hex()
-        out["backend"] = mesh.kind
+        out["mesh"] = self.mesh_backend()
         now = self.agent.clock.monotonic()
         routes = mesh.routes
         preferred = routes.preferred(node, now)

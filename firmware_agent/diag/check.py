@@ -94,6 +94,33 @@ def evaluate(link: Json, threshold_db: float) -> LinkCheck:
     )
 
 
+def passive_link(row: Json) -> Json:
+    """A neighbour row as a check link, for a border router we cannot send probes through
+    (wsbrd, a TI NCP): the SNR it reports or we estimate is the inward one, nothing is sent."""
+    return {
+        "mac": row.get("mac"),
+        "meter_id": row.get("meter_id"),
+        "rssi_dbm": row.get("rssi_dbm"),
+        "noise_floor_dbm": row.get("noise_floor_dbm"),
+        "snr_in_db": row.get("snr_db"),
+        "snr_out_db": None,
+        "rsl_in_dbm": row.get("rsl_in_dbm"),
+        "rsl_out_dbm": row.get("rsl_out_dbm"),
+        "etx": row.get("etx"),
+        "colour": row.get("colour"),
+    }
+
+
+def mesh_notes(mesh: Json) -> list[str]:
+    """One line per figure the gateway's backend cannot supply or only estimates."""
+    backend = mesh.get("backend", "own")
+    notes = [f"{field}: {why}" for field, why in sorted((mesh.get("unavailable") or {}).items())]
+    notes += [
+        f"{field}: estimated, {how}" for field, how in sorted((mesh.get("estimated") or {}).items())
+    ]
+    return [f"{backend} backend — {n}" for n in notes]
+
+
 def verdict(checks: list[LinkCheck], threshold_db: float, where: str) -> Verdict:
     total = len(checks)
     counts = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "low", "no_answer")}

@@ -197,10 +197,18 @@ def _fail(out: Out, target: str, url: str | None, kind: str, reason: str, schema
 
 def one_check(
     client: DiagClient, probes: int, threshold: float, update: Callable[[str, float], None]
-) -> tuple[list[check.LinkCheck], check.Verdict]:
+) -> tuple[list[check.LinkCheck], check.Verdict, dict[str, Any]]:
+    """Probe every neighbour through the gateway's own radio; beside an external border
+    router (which sends no probes for us), judge the links it reports instead."""
     name = client.target.name
     update(f"{name}: asking for its neighbours", 0.0)
-    neighbours = client.get(f"{API}/neighbours").get("neighbours") or []
+    doc = client.get(f"{API}/neighbours")
+    neighbours = doc.get("neighbours") or []
+    mesh = doc.get("mesh") or {"backend": "own"}
+    if mesh.get("backend", "own") != "own":
+        update(f"{name}: done (links as {mesh.get('backend')} reports them)", 1.0)
+        checks = [check.evaluate(check.passive_link(row), threshold) for row in neighbours]
+        return checks, check.verdict(checks, threshold, name), mesh
     links: list[dict[str, Any]] = []
     for n, row in enumerate(neighbours):
         label = row.get("meter_id") or row.get("mac")
@@ -209,7 +217,7 @@ def one_check(
         links.extend(doc.get("links") or [])
     update(f"{name}: done", 1.0)
     checks = [check.evaluate(link, threshold) for link in links]
-    return checks, check.verdict(checks, threshold, name)
+    return checks, check.verdict(checks, threshold, name), mesh
 
 
 def cmd_check_gateway(args: argparse.Namespace, out: Out) -> int:
@@ -232,7 +240,9 @@ def cmd_check_gateway(args: argparse.Namespace, out: Out) -> int:
                 rounds += 1
                 try:
                     with out.progress(f"{target.name}: SNR check", 1.0) as update:
-                        checks, result = one_check(client, args.probes, args.threshold_db, update)
+                        checks, result, mesh = one_check(
+                            client, args.probes, args.threshold_db, update
+                        )
                 except DiagClientError as exc:
                     if live is not None:
                         live.stop()
@@ -240,13 +250,16 @@ def cmd_check_gateway(args: argparse.Namespace, out: Out) -> int:
                     return _fail(out, target.name, target.url, exc.kind, exc.reason, check.SCHEMA)
                 code = result.exit_code
                 title = f"{target.name} ({target.url}): link SNR, {time.strftime('%H:%M:%S')}"
-                table = render.snr_table(title, checks, args.threshold_db)
+                table = render.snr_table(
+                    title, checks, args.threshold_db, notes=check.mesh_notes(mesh)
+                )
                 if out.json:
                     out.emit(
                         check.check_document(
-                            target.name, target.url, args.threshold_db, checks, result
+                            target.name, target.url, args.threshold_db, checks, result,
+                            extra={"mesh": mesh},
                         )
-                    )
+                    )  # fmt: skip
                 elif live is not None:
                     live.update(Group(table, render.verdict_line(result)), refresh=True)
                 else:

@@ -6,6 +6,7 @@ keeps progress displays on stderr, so ``--json`` output stays clean.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
@@ -13,6 +14,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from firmware_agent.diag.check import LinkCheck, Verdict
+from firmware_agent.diag.check import mesh_notes as check_notes
 
 STATUS_STYLE = {"ok": "green", "low": "red", "no_answer": "red", "unknown": "yellow"}
 COLOUR_STYLE = {"green": "green", "orange": "dark_orange", "red": "red"}
@@ -26,7 +28,9 @@ def _etx(value: float | None) -> str:
     return "–" if value is None else f"{value / 128:.2f}"
 
 
-def snr_table(title: str, checks: list[LinkCheck], threshold_db: float) -> Table:
+def snr_table(
+    title: str, checks: list[LinkCheck], threshold_db: float, *, notes: Sequence[str] = ()
+) -> Table:
     table = Table(title=title, title_justify="left")
     for col, justify in (
         ("neighbour", "left"),
@@ -59,9 +63,8 @@ def snr_table(title: str, checks: list[LinkCheck], threshold_db: float) -> Table
             probes,
             status,
         )
-    table.caption = (
-        f"threshold {threshold_db:g} dB; SNR is the weaker direction; ETX 1.00 = no retries"
-    )
+    first = f"threshold {threshold_db:g} dB; SNR is the weaker direction; ETX 1.00 = no retries"
+    table.caption = "\n".join([first, *notes])
     return table
 
 
@@ -119,7 +122,8 @@ def paths_view(doc: dict[str, Any]) -> Table | Text:
             f"{path.get('cost', 0):.2f}",
             state,
         )
-    table.caption = "★ preferred (the route downward traffic takes now)"
+    first = "★ preferred (the route downward traffic takes now)"
+    table.caption = "\n".join([first, *check_notes(doc.get("mesh") or {})])
     return table
 
 
