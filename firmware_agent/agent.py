@@ -14,6 +14,7 @@ import random
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers import default_registry
 from drivers.capture import CapturingTransceiver
@@ -80,6 +81,9 @@ class MeterView:
     status: MeterStatus
     neighbour: Neighbour | None  # the gateway's link the meter is reached through (first hop)
     hops: int | None = None  # on the preferred path; None: no route known (not joined)
+    # Beside an external border router: its row for the first hop (backend.NEIGHBOUR_FIELDS,
+    # None where it has no figure), since there is no Neighbour of our own measuring.
+    link_row: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class Snapshot:
     link_limits: LinkThresholds | None = None
     alarms_total: int = 0  # alarm records spooled: pushes (last gasp, ...) and the collector's own
     quarantined: int = 0  # payloads nobody could parse ("Malformed Payload")
+    # Which stack runs the mesh and what it cannot supply (MeshBackend.identity, unavailable,
+    # estimated); empty before the mesh is open.
+    mesh: dict[str, Any] = field(default_factory=dict)
 
 
 def eui64(text: str) -> bytes:
@@ -721,16 +728,23 @@ class Agent:
 
     def snapshot(self) -> Snapshot:
         meters: list[MeterView] = []
+        mesh = self.mesh
         if self.collector is not None:
             now = self.clock.monotonic()
+            rows: dict[str, dict[str, Any]] = {}
+            if mesh is not None and self.stack is None:
+                rows = {str(r["mac"]): r for r in mesh.neighbour_rows(self.clock.now())}
             for m in self.config.meters:
-                nb, hops = None, self.hops(m)
-                if self.stack is not None and m.transport == "mesh":
-                    # Only our own stack measures the first hop's link itself.
+                nb, row, hops = None, None, self.hops(m)
+                if mesh is not None and m.transport == "mesh":
                     mac = eui64(m.address)
-                    route = self.stack.routes.source_route(mac, now)
-                    nb = self.stack.neighbours.get(route[0] if route else mac)
-                meters.append(MeterView(m, self.collector.status[m.id], nb, hops))
+                    route = mesh.routes.source_route(mac, now)
+                    first = route[0] if route else mac
+                    if self.stack is not None:  # our own stack measures the link itself
+                        nb = self.stack.neighbours.get(first)
+                    else:
+                        row = rows.get(first.hex())
+                meters.append(MeterView(m, self.collector.status[m.id], nb, hops, row))
         stats = self.uplink.stats if self.uplink is not None else None
         return Snapshot(
             gateway_id=self.config.gateway.id,
@@ -748,6 +762,13 @@ class Agent:
             alarms_total=(self.collector.alarms_total if self.collector else 0)
             + (self.pushes.stats.alarms if self.pushes else 0),
             quarantined=self._quarantined(),
+            mesh={}
+            if mesh is None
+            else {
+                **mesh.identity(),
+                "unavailable": dict(mesh.unavailable),
+                "estimated": dict(mesh.estimated),
+            },
         )
 
     def _quarantined(self) -> int:

@@ -54,6 +54,10 @@ def _error(status: MeterStatus) -> Text:
     return Text(detail[:48], style="red" if name == "MAC Fail" else "")
 
 
+def _etx(value: float | None) -> float | None:
+    return None if value is None else value / 128
+
+
 def render(snap: Snapshot, rate: float, now: float) -> Group:
     """One frame of the view, built from a snapshot only (so it can be tested without a TTY)."""
     uplink = (
@@ -62,6 +66,9 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
         else Text(f"down ({snap.uplink_error or 'connecting'})", style="red")
     )
     radio = snap.radio.ncp_version if snap.radio else "not open"
+    backend = snap.mesh.get("backend", "own")
+    if backend != "own":
+        radio = f"{backend} {snap.mesh.get('ncp_version') or ''}".strip()
     floor = _fmt(snap.noise_floor_dbm, ".1f", " dBm")
     header = Table.grid(padding=(0, 2))
     header.add_row(
@@ -95,8 +102,9 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
         "error",
     ):
         table.add_column(col)
+    estimated = snap.mesh.get("estimated") or {}
     for mv in snap.meters:
-        st, nb = mv.status, mv.neighbour
+        st, nb, row = mv.status, mv.neighbour, mv.link_row or {}
         colour = {"ok": "green", "failing": "red", "pending": "yellow"}[st.state]
         age = None if st.last_success is None else now - st.last_success
         table.add_row(
@@ -106,12 +114,23 @@ def render(snap: Snapshot, rate: float, now: float) -> Group:
             _fmt(age, ".0f", " s ago"),
             str(st.readings),
             _fmt(mv.hops, "d"),
-            _fmt(nb.rssi_dbm if nb else None, "d"),
-            _fmt(nb.snr_db if nb else None),
-            _fmt(nb.etx / 128 if nb and nb.etx is not None else None, ".2f"),
+            _fmt(nb.rssi_dbm if nb else row.get("rssi_dbm"), ".0f"),
+            # "~": an estimate (RSL minus a configured noise floor), not a measurement
+            ("~" if nb is None and "snr_db" in estimated and row.get("snr_db") is not None else "")
+            + _fmt(nb.snr_db if nb else row.get("snr_db")),
+            _fmt(_etx(nb.etx if nb else row.get("etx")), ".2f"),
             _link(nb, limits, now),
             _error(st),
         )
+    notes = [
+        f"{snap.mesh.get('backend')} backend: {field} {why}"
+        for field, why in sorted((snap.mesh.get("unavailable") or {}).items())
+    ] + [
+        f"{snap.mesh.get('backend')} backend: {field} ~ estimated, {how}"
+        for field, how in sorted(estimated.items())
+    ]
+    if notes:
+        table.caption = "\n".join(notes)
     return Group(header, table)
 
 

@@ -78,3 +78,38 @@ def test_render_shows_every_meter_with_link_quality() -> None:
     line3 = next(ln for ln in text.splitlines() if "MTR-0003" in ln)
     assert "MAC Fail: CounterDesync" in line3  # the operator's name for it comes first
     assert "alarms 3" in text and "quarantined 1" in text
+
+
+def test_beside_an_external_border_router_the_view_says_what_it_cannot_show() -> None:
+    from firmware_agent.mesh.backend import NOT_AVAILABLE, empty_row
+
+    first_hop = bytes.fromhex("0200000000000001")
+    row = empty_row(first_hop) | {"rssi_dbm": -71, "rsl_in_dbm": -72.0, "snr_db": 28.0}
+    status = MeterStatus("MTR-0001", reads_ok=1, readings=5, last_attempt=995.0, last_success=995.0)
+    snap = Snapshot(
+        gateway_id="gateway-01",
+        radio=None,
+        uplink_connected=True,
+        uplink_error=None,
+        published_records=5,
+        spool_depth=0,
+        readings_total=5,
+        noise_floor_dbm=None,
+        meters=[
+            MeterView(
+                MeterConfig("MTR-0001", "mesh", "02:00:00:00:00:00:00:01"), status, None, 2, row
+            )
+        ],
+        mesh={
+            "backend": "wsbrd",
+            "ncp_version": "wsbrd v2.1",
+            "unavailable": {"etx": f"{NOT_AVAILABLE}: wsbrd reports no ETX"},
+            "estimated": {"snr_db": "RSL minus the configured noise floor of -100 dBm"},
+        },
+    )
+    text = _text(snap, 0.0)
+    line = next(x for x in text.splitlines() if "MTR-0001" in x)
+    assert "-71" in line and "~28.0" in line
+    assert "radio wsbrd wsbrd v2.1" in text
+    assert "wsbrd backend: etx not available from this backend: wsbrd reports no ETX" in text
+    assert "snr_db ~ estimated, RSL minus the configured noise floor of -100 dBm" in text
