@@ -178,7 +178,11 @@ def parse_junit(text: str | bytes) -> RunResult:
         raise ReportError(f"JUnit XML does not parse: {exc}") from None
     if root.tag not in ("testsuites", "testsuite"):
         raise ReportError(f"JUnit XML root is <{root.tag}>, not <testsuites>/<testsuite>")
-    return RunResult(tuple(_case(e) for e in root.iter("testcase")))
+    # An interrupted session (Ctrl-C, ``hil run --timeout``) ends with a bare <testcase/>
+    # standing for the test that was running: nothing to report about it but the interrupt.
+    return RunResult(
+        tuple(_case(e) for e in root.iter("testcase") if e.get("name") or e.get("classname"))
+    )
 
 
 def _empty(ax: Axes, text: str) -> None:
@@ -304,14 +308,18 @@ JUnit XML: <a href="{e(junit_name)}">{e(junit_name)}</a></p>
 def write_report(junit_xml: Path, out_dir: Path, title: str = "HIL run", note: str = "") -> Path:
     """Write index.html, snr.png and delivery.png next to the JUnit XML; returns index.html.
 
-    A missing JUnit file (pytest stopped before writing it) gives a page saying so, not a crash.
+    A missing or unreadable JUnit file (pytest stopped before writing it, or killed while
+    writing) gives a page saying so, not a crash: the run's exit code is what gates.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if junit_xml.exists():
-        result = parse_junit(junit_xml.read_bytes())
-    else:
-        result = RunResult(())
+    result = RunResult(())
+    if not junit_xml.exists():
         note = (note + " " if note else "") + f"pytest wrote no JUnit XML ({junit_xml.name})."
+    else:
+        try:
+            result = parse_junit(junit_xml.read_bytes())
+        except ReportError as exc:
+            note = (note + " " if note else "") + f"{junit_xml.name} unreadable: {exc}"
     (out_dir / SNR_PNG).write_bytes(snr_png(result.cases))
     (out_dir / DELIVERY_PNG).write_bytes(delivery_png(result.cases))
     try:

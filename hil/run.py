@@ -8,6 +8,7 @@ exit code is pytest's, so a CI job or a bench script can gate on it.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from hil.report import write_report
 ACCEPTANCE = Path("tests/hil/acceptance")
 CHECKOUT = Path(__file__).resolve().parent.parent  # the source tree hil/ was loaded from
 JUNIT_NAME = "junit.xml"
+GRACE_S = 60.0  # for the suite's fixtures to tear down (agents, broker) after an interrupt
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class RunOptions:
     suite: Path | None = None
     keyword: str | None = None
     extra: tuple[str, ...] = ()
+    timeout_s: float | None = None
 
 
 def default_suite(cwd: Path) -> Path:
@@ -66,12 +69,50 @@ def run(options: RunOptions, cwd: Path | None = None) -> int:
     options.out.mkdir(parents=True, exist_ok=True)
     junit = options.out / JUNIT_NAME
     junit.unlink(missing_ok=True)  # a stale file from an earlier run must not be reported
-    code = subprocess.call(pytest_argv(options, cwd), cwd=cwd)
+    proc = subprocess.Popen(pytest_argv(options, cwd), cwd=cwd)
+    timed_out = _wait(proc, options.timeout_s)
+    code = proc.returncode
     env_name = options.env.name if options.env is not None else "emulated (default)"
     note = "" if code in (0, 1, 5) else f"pytest exited with code {code}."
+    if timed_out:
+        note = f"Stopped after --timeout {options.timeout_s:g} s. {note}"
     index = write_report(junit, options.out, title=f"HIL run: {env_name}", note=note)
     print(f"report: {index}", flush=True)
     return code
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout_s: float | None) -> bool:
+    """Wait for pytest; True if it ran past ``timeout_s`` and was interrupted.
+
+    Interrupting is SIGINT, as a Ctrl-C: pytest then tears its fixtures down (agent processes,
+    the broker) and still writes the JUnit XML of what ran. A Ctrl-C at the terminal reaches
+    pytest by itself, so here it only means: keep waiting for that. Killed only past a grace.
+    """
+    timed_out = False
+    try:
+        proc.wait(timeout_s)
+        return False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.send_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+        pass
+    try:
+        proc.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    return timed_out
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the timeout must be more than 0 s")
+    return value
 
 
 def add_parser_args(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +122,13 @@ def add_parser_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-k", dest="keyword", default=None, help="pytest -k expression")
     parser.add_argument(
         "--suite", type=Path, default=None, help=f"tests to run (default: {ACCEPTANCE})"
+    )
+    parser.add_argument(
+        "--timeout",
+        dest="timeout_s",
+        type=_seconds,
+        default=None,
+        help="interrupt the suite after this many seconds (the report shows what ran)",
     )
     parser.add_argument(
         "pytest_args",
@@ -100,6 +148,7 @@ def options_from(ns: argparse.Namespace, extra: Sequence[str] = ()) -> RunOption
         suite=ns.suite,
         keyword=ns.keyword,
         extra=(*passed, *extra),
+        timeout_s=getattr(ns, "timeout_s", None),
     )
 
 

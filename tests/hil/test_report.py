@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -310,3 +311,48 @@ def test_hil_run_against_the_emulated_target(tmp_path: Path) -> None:
     assert outcomes_on_page(page) == {c.name: c.outcome for c in cases}
     text = (out / "index.html").read_text(encoding="utf-8")
     assert "HIL run: emulated.yaml" in text
+
+
+HANGING_SUITE = """
+import time
+
+
+def test_quick(record_property):
+    record_property("snr_db:MTR-0002", 7.5)
+
+
+def test_hangs():
+    time.sleep(120)
+"""
+
+
+def test_hil_run_timeout_interrupts_pytest_and_still_reports(tmp_path: Path) -> None:
+    """Past --timeout pytest is interrupted as by Ctrl-C: it writes the JUnit XML of what ran,
+    the page says it was stopped, the exit code is pytest's 'interrupted' (2)."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_hang.py").write_text(HANGING_SUITE, encoding="utf-8")
+    started = time.monotonic()
+    done = hil_run(
+        "--suite", str(suite), "--out", str(tmp_path / "r"), "--timeout", "3", timeout=60
+    )
+    assert time.monotonic() - started < 30, "the hanging test was not interrupted"
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    index = tmp_path / "r" / "index.html"
+    assert "Stopped after --timeout 3 s. pytest exited with code 2." in index.read_text("utf-8")
+    assert outcomes_on_page(assert_images(index)).get("test_quick") == "passed"
+
+
+def test_hil_run_refuses_a_bad_timeout(tmp_path: Path) -> None:
+    done = hil_run("--out", str(tmp_path / "r"), "--timeout", "-1", timeout=60)
+    assert done.returncode == 2 and "the timeout must be more than 0 s" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_unreadable_junit_xml_gives_a_page_saying_so(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text("<testsuites><testsuite><testcase name=", encoding="utf-8")
+    index = write_report(junit, tmp_path)
+    text = index.read_text(encoding="utf-8")
+    assert "junit.xml unreadable: JUnit XML does not parse" in text and "0 tests" in text
+    assert_images(index)
