@@ -246,11 +246,17 @@ def delivery_png(cases: Sequence[TestCase]) -> bytes:
         return _png(fig)
     for case in curves:
         t = [s.t_s for s in case.delivery]
-        (line,) = ax.plot(t, [s.delivered for s in case.delivery], label=f"{case.name} delivered")
+        (line,) = ax.plot(
+            t,
+            [s.delivered for s in case.delivery],
+            drawstyle="steps-post",
+            label=f"{case.name} delivered",
+        )
         ax.plot(
             t,
             [s.produced for s in case.delivery],
             linestyle="--",
+            drawstyle="steps-post",
             color=line.get_color(),
             label=f"{case.name} produced",
         )
