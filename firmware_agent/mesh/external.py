@@ -16,4 +16,10 @@ from firmware_agent.mesh.backend import MeshBackend, MeshBackendError
 def open_external(config: Config, clock: Clock, rng: random.Random) -> MeshBackend:
     """The backend ``config.mesh.backend`` names (not yet started: call ``start()``)."""
     kind = config.mesh.backend
+    if kind == "wsbrd":
+        try:
+            from firmware_agent.mesh.wsbrd import WsbrdBackend
+        except ImportError as exc:  # dbus-fast is in the gateway extra
+            raise MeshBackendError(f"mesh.backend wsbrd needs dbus-fast: {exc}") from None
+        return WsbrdBackend(config, clock, rng)
     raise MeshBackendError(f"mesh.backend {kind!r}: this build has no such backend")

@@ -316,6 +316,7 @@ class RoutingTable:
         change_log_size: int = 1000,
         forget_after_s: float | None = None,
         on_change: Callable[[RouteChange], None] | None = None,
+        follow_preference: bool = False,
     ) -> None:
         _check_eui(root, "root")
         if hysteresis_db < 0 or switch_margin < 0 or penalty_span_db <= 0 or snr_penalty < 0:
@@ -339,6 +340,10 @@ class RoutingTable:
         self.snr_penalty = float(snr_penalty)
         self.penalty_span_db = float(penalty_span_db)
         self.forget_after_s = forget_after_s
+        # An external border router (wsbrd, a TI NCP) chooses routes itself: paths are then
+        # ordered by its parents' preference (cost only breaks ties) and the preferred path
+        # is its choice, so the views show the route it takes, not one we would pick.
+        self.follow_preference = follow_preference
         self._max_expansions = 512 * max_paths
         self._nodes: dict[bytes, _Node] = {}
         self._children: dict[bytes, set[bytes]] = {}
@@ -648,7 +653,7 @@ class RoutingTable:
             for path, ranks in zip(c.paths, c.ranks, strict=True):
                 if len(path.hops) <= max_len and x not in path.hops:
                     cands.append((path.cost + lc, rank, ranks, path, link))
-        cands.sort(key=_candidate_order)
+        cands.sort(key=_preference_order if self.follow_preference else _candidate_order)
         kept = cands[: self.max_paths]
         paths = tuple(
             self._extend(prev, link, (root, x) if prev is None else (*prev.hops, x), cost)
@@ -718,7 +723,10 @@ class RoutingTable:
                 counter += 1
                 link = self._link_state(p, x)
                 heapq.heappush(heap, (cost + link.cost, counter, (*rev, p), (*ranks, rank)))
-        built = sorted(((self._build(h), r) for h, r in found), key=lambda e: (e[0].cost, e[1]))
+        if self.follow_preference:
+            built = sorted(((self._build(h), r) for h, r in found), key=lambda e: (e[1], e[0].cost))
+        else:
+            built = sorted(((self._build(h), r) for h, r in found), key=lambda e: (e[0].cost, e[1]))
         kept = built[: self.max_paths]
         return _Cached(tuple(p for p, _ in kept), tuple(r for _, r in kept), -math.inf)
 
@@ -767,6 +775,8 @@ class RoutingTable:
         paths = self._ensure(node, now).paths
         had = node in self._current
         cur_hops = self._current.get(node)
+        if self.follow_preference:
+            return self._follow(now, node, had, cur_hops, paths)
         eligible = [p for p in paths if p.usable and not p.recovering]
         usable = eligible[0] if eligible else next((p for p in paths if p.usable), None)
         fallback = usable if usable is not None else (paths[0] if paths else None)
@@ -806,6 +816,33 @@ class RoutingTable:
                 f" floor {self.snr_floor_db:g} dB)"
             )
         return best, self._record(now, node, cur_hops, best.hops, reason)
+
+    def _follow(
+        self,
+        now: float,
+        node: bytes,
+        had: bool,
+        cur_hops: tuple[bytes, ...] | None,
+        paths: tuple[Path, ...],
+    ) -> tuple[Path | None, RouteChange | None]:
+        """The border router's choice: the path along each node's most preferred parent."""
+        if not paths:
+            if cur_hops is None:
+                return None, None
+            self._current[node] = None
+            return None, self._record(now, node, cur_hops, None, "no path to the root")
+        first = paths[0]
+        if first.hops == cur_hops:
+            return first, None
+        self._current[node] = first.hops
+        if not had:
+            return first, None  # a first route is not a switch
+        reason = (
+            "reachable again"
+            if cur_hops is None
+            else "the border router's parent preference changed"
+        )
+        return first, self._record(now, node, cur_hops, first.hops, reason)
 
     def _weak_reason(self, hops: tuple[bytes, ...]) -> str:
         for i in range(1, len(hops)):
@@ -1280,6 +1317,12 @@ def _candidate_order(
     c: tuple[float, int, tuple[int, ...], Path | None, _Link],
 ) -> tuple[float, int, tuple[int, ...]]:
     return c[0], c[1], c[2]
+
+
+def _preference_order(
+    c: tuple[float, int, tuple[int, ...], Path | None, _Link],
+) -> tuple[int, tuple[int, ...], float]:
+    return c[1], c[2], c[0]
 
 
 def _check_eui(value: object, what: str) -> None:

@@ -138,6 +138,7 @@ class WsbrdBackend:
             snr_floor_db=mesh.snr_floor_db,
             hysteresis_db=mesh.snr_hysteresis_db,
             default_lifetime_s=mesh.dao_lifetime_s,
+            follow_preference=True,  # the view shows the route wsbrd takes
         )
 
     # -- the seam -------------------------------------------------------------------------------

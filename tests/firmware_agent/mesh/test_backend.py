@@ -89,3 +89,21 @@ def test_backend_keys_load_and_bad_ones_are_named(tmp_path: Path) -> None:
     assert config.mesh.ti_ncp.min_gap_s == 1.0
     error = reject(tmp_path, BASE + "mesh:\n  backend: openthread\n")
     assert "mesh.backend" in str(error) and "ti-ncp" in str(error)
+
+
+def test_following_the_border_routers_preference_shows_the_route_it_takes() -> None:
+    routes = RoutingTable(ROOT, snr_floor_db=12.0, follow_preference=True)
+    events: list[MeshEvent] = []
+    watch = MeshEvents(routes)
+    watch.add_listener(events.append)
+    sync = ParentSync(routes)
+    sync.apply({A: [ROOT], B: [A, ROOT], C: [B]}, now=0.0)
+    watch.poll(0.0)
+    # Fewer hops through the root directly, but B prefers A: the view follows B.
+    assert routes.source_route(C, 0.0) == (A, B, C)
+    assert [p.hops for p in routes.paths(B, 0.0)] == [(ROOT, A, B), (ROOT, B)]
+    sync.apply({A: [ROOT], B: [ROOT, A], C: [B]}, now=1.0)
+    assert routes.source_route(C, 1.0) == (B, C)
+    moved = sorted((e.node, e.path) for e in events if e.kind is MeshEventKind.MOVED)
+    assert moved == [(B, (ROOT, B)), (C, (ROOT, B, C))]
+    assert "preference" in routes.changes()[-1].reason
