@@ -1,12 +1,11 @@
 """Meters on loopback IPv6 behind an emulated wsbrd, read through the gateway's wsbrd backend.
 
-Run inside a network namespace of its own (as root: ``unshare -n python -m hil.wsbrd.loopback
---config gateway.yaml --nodes nodes.yaml``): it brings ``lo`` up and gives it each node's
-address (/128), starts a private dbus-daemon, the emulated wsbrd and one emulated DLMS meter
-per node on ``[its address]:mesh.wsbrd.port``, then reads every node's meter through
-``WsbrdBackend.link`` (address from RoutingGraph, OS UDP socket) and prints one JSON object:
-what was read, each node's path, and what a read of a node wsbrd does not list gives. The
-namespace disappears with the process, addresses and all.
+Run inside a network namespace whose loopback carries the root's and each node's address
+(:func:`hil.netns.run_in_netns` makes one): it starts a private dbus-daemon, the emulated
+wsbrd and one emulated DLMS meter per node on ``[its address]:mesh.wsbrd.port``, then reads
+every node's meter through ``WsbrdBackend.link`` (address from RoutingGraph, OS UDP socket)
+and prints one JSON object: what was read, each node's path, and what a read of a node wsbrd
+does not list gives. The namespace disappears with the process, addresses and all.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import argparse
 import asyncio
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,26 +34,6 @@ from .service import serve_wsbrd
 
 #: A node the driver asks for that wsbrd does not list.
 STRANGER = bytes.fromhex("02000000000000ff")
-
-
-def give_loopback(addresses: list[bytes]) -> None:
-    """``lo`` up with every address on it (nodad: usable at once). Only in a namespace of
-    one's own: this changes the host's loopback otherwise."""
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for address in addresses:
-        subprocess.run(
-            [
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                f"{ipv6.format_address(address)}/128",
-                "dev",
-                "lo",
-                "nodad",
-            ],
-            check=True,
-        )
 
 
 async def serve_meters(model: WsbrdModel, port: int) -> dict[bytes, UdpMeterService]:
@@ -122,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     model = model_from_text(args.nodes.read_text())
-    give_loopback([model.root_address, *(n.address for n in model.nodes.values())])
     with PrivateBus() as bus:
         result = asyncio.run(asyncio.wait_for(read_all(config, model, bus.address), 60.0))
     json.dump(result, sys.stdout, default=str)
