@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import random
@@ -40,8 +41,10 @@ from hil.meter.push import PushSetupObject
 from hil.meter.udp import serve_tcp, serve_udp
 from hil.meter_node import NodeConfig
 from hil.node.rpl_node import RplConfig
-from hil.population import asyncio_scheduler, populate, read_mesh_meters
+from hil.population import EmulatedMeter, asyncio_scheduler, populate, read_mesh_meters
 from hil.rcp import VirtualRcp, serve_pty
+from hil.run import add_parser_args as add_run_args
+from hil.run import cmd_run
 
 if TYPE_CHECKING:
     from hil.headend.server import HeadEndOptions
@@ -57,6 +60,18 @@ def _eui64(text: str) -> bytes:
     if len(value) != 8:
         raise argparse.ArgumentTypeError(f"{text!r} is not 8 bytes")
     return value
+
+
+def _positions(text: str) -> list[tuple[float, float]]:
+    """``X,Y;X,Y;...`` in metres: a small bench's fixed layout (a relay, a far meter)."""
+    out = []
+    for part in text.split(";"):
+        try:
+            x, y = (float(v) for v in part.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not X,Y (metres)") from None
+        out.append((x, y))
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +98,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rcp.add_argument(
         "--profile-period", type=float, default=900.0, help="meters' load-profile period, s"
+    )
+    rcp.add_argument(
+        "--positions",
+        type=_positions,
+        default=None,
+        metavar="X,Y;X,Y;...",
+        help="where the meters stand, m (in the meters file's order; default: a random ring)",
+    )
+    rcp.add_argument(
+        "--dao-spread",
+        type=float,
+        default=RplConfig.dao_join_spread_s,
+        metavar="S",
+        help="a meter's first DAO goes at most this many s after it joins",
+    )
+    rcp.add_argument(
+        "--dao-alternates-interval",
+        type=float,
+        default=RplConfig.dao_alternates_interval_s,
+        metavar="S",
+        help="a change of alternate parents alone is reported this long after the last DAO",
+    )
+    rcp.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="serve fault hooks (hil.faults) on a UNIX socket here: power, fade, reset, garbage",
     )
     rcp.set_defaults(func=_cmd_rcp)
 
@@ -143,6 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--client-id", default="headend", help="workers are CLIENT_ID-1, -2, ...")
     he.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
     he.set_defaults(func=_cmd_headend)
+
+    boards = sub.add_parser(
+        "boards",
+        help="list connected candidate radio boards and print a ready-to-paste environment",
+        description=(
+            "List the USB serial and spidev devices udev knows, then an environment file (YAML) "
+            "naming them by udev properties: the first as the gateway's radio, the others as "
+            "injectors. Exit 0 (also with none), 1 when udev cannot be read."
+        ),
+    )
+    boards.add_argument("--baud", type=int, default=460_800, help="UART boards' baud rate")
+    boards.set_defaults(func=_cmd_boards)
+
+    run = sub.add_parser(
+        "run", help="run the acceptance suite against an environment and write the HTML report"
+    )
+    add_run_args(run)
+    run.set_defaults(func=cmd_run)
     return parser
 
 
@@ -347,13 +407,15 @@ def default_eui64(seed: int) -> bytes:
     return bytes([0x02, 0x57, 0x53]) + (seed & 0xFF_FFFF_FFFF).to_bytes(5, "big")
 
 
-def attach_meters(medium: Medium, args: argparse.Namespace, rng: random.Random) -> None:
+def attach_meters(
+    medium: Medium, args: argparse.Namespace, rng: random.Random
+) -> list[EmulatedMeter]:
     """Attach the emulated meters of ``args.meters`` (a gateway-style meters file) to ``medium``.
     Called from inside the running event loop: meters answer on it after a processing delay."""
     if args.meters is None:
-        return
+        return []
     meters = read_mesh_meters(args.meters)
-    populate(
+    placed = populate(
         medium,
         meters,
         SystemClock(),
@@ -361,12 +423,34 @@ def attach_meters(medium: Medium, args: argparse.Namespace, rng: random.Random) 
         asyncio_scheduler(),
         channel=args.channel,
         profile_period_s=args.profile_period,
-        config=NodeConfig(rpl=RplConfig(dis_delay_s=(min(1.0, args.first_dis), args.first_dis))),
+        config=NodeConfig(
+            rpl=RplConfig(
+                dis_delay_s=(min(1.0, args.first_dis), args.first_dis),
+                dao_join_spread_s=getattr(args, "dao_spread", RplConfig.dao_join_spread_s),
+                dao_alternates_interval_s=getattr(
+                    args, "dao_alternates_interval", RplConfig.dao_alternates_interval_s
+                ),
+            )
+        ),
     )
+    positions = getattr(args, "positions", None)
+    if positions is not None:
+        if len(positions) != len(placed):
+            raise SystemExit(
+                f"hil rcp: --positions gives {len(positions)} places for {len(placed)} meters"
+            )
+        for meter, position in zip(placed, positions, strict=True):
+            medium.move(meter.node, position)
+        placed = [
+            dataclasses.replace(m, position=p) for m, p in zip(placed, positions, strict=True)
+        ]
     log.info("%d emulated meters on the medium", len(meters))
+    return placed
 
 
-def build_rcp_world(args: argparse.Namespace) -> tuple[Medium, VirtualRcp]:
+def build_rcp_world(
+    args: argparse.Namespace,
+) -> tuple[Medium, VirtualRcp, list[EmulatedMeter]]:
     """The medium, the RCP at the origin, and (through :func:`attach_meters`) everything else.
     Call it inside the running event loop: attached nodes may schedule work on it."""
     rng = random.Random(args.seed)
@@ -387,13 +471,19 @@ def build_rcp_world(args: argparse.Namespace) -> tuple[Medium, VirtualRcp]:
         tx_power_dbm=args.tx_power,
     )
     # Hook: further nodes of the world (emulated meters) are attached here.
-    attach_meters(medium, args, rng)
-    return medium, rcp
+    placed = attach_meters(medium, args, rng)
+    return medium, rcp, placed
 
 
 async def _serve_rcp(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
-    _, rcp = build_rcp_world(args)
+    medium, rcp, placed = build_rcp_world(args)
+    control = None
+    if getattr(args, "control", None) is not None:  # the target's fault hooks (hil.faults)
+        from hil.faults import FaultWorld, serve_control
+
+        world = FaultWorld(medium, rcp, {m.meter_id: m for m in placed}, args.seed)
+        control = await serve_control(args.control, world)
 
     def ready(path: str) -> None:
         sys.stdout.write(path + "\n")
@@ -417,6 +507,9 @@ async def _serve_rcp(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(sig)
         if watch_stdin:
             loop.remove_reader(0)
+        if control is not None:
+            control.close()
+            args.control.unlink(missing_ok=True)
     log.info("virtual RCP stopped: %s", rcp.counters)
     return 0
 
@@ -431,6 +524,23 @@ def _stop_on_eof(server: asyncio.Task[None]) -> None:
     if not data:
         log.info("host closed our stdin: stopping")
         server.cancel()
+
+
+def _cmd_boards(args: argparse.Namespace) -> int:
+    from drivers.discover import DiscoveryError, format_boards, list_boards
+    from hil.env import env_yaml
+
+    try:
+        boards = list_boards()
+    except DiscoveryError as exc:
+        sys.stderr.write(f"hil boards: cannot list radio boards: {exc}\n")
+        return 1
+    if not boards:
+        sys.stdout.write("no radio boards found (no USB serial or spidev device is present)\n")
+        return 0
+    sys.stdout.write(format_boards(boards) + "\n\n# an environment for them (hil/env.py):\n")
+    sys.stdout.write(env_yaml(boards, args.baud))
+    return 0
 
 
 def _cmd_rcp(args: argparse.Namespace) -> int:

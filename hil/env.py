@@ -16,13 +16,30 @@ from urllib.parse import urlencode
 import yaml
 
 if TYPE_CHECKING:  # imported when a udev radio is used: this module loads into every pytest run
-    from drivers.discover import BoardMatch
+    from collections.abc import Sequence
+
+    from drivers.discover import BoardCandidate, BoardMatch
 
 DEFAULT_ENV = Path(__file__).resolve().parent.parent / "config" / "hil" / "emulated.yaml"
 
 
 class EnvError(Exception):
     """An environment file that cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Board:
+    """A radio board of the target: the gateway's radio or an injector playing meters over the
+    air. ``url`` is resolved (for an absent board: without a device, and ``absent`` says why);
+    ``power_command`` switches it (``{state}`` becomes on/off)."""
+
+    role: str  # "gateway" or the injector's name
+    kind: str  # virtual-rcp | url | udev
+    url: str
+    absent: str | None = None
+    power_command: str | None = None
+    match: Mapping[str, str] | None = None
+    meters: tuple[str, ...] = ()  # the meter ids an injector plays
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,20 @@ class HilEnv:
     absent: str | None = None  # why the target cannot run here (board not connected), if so
     # kind udev: the match that found the board (radio_url then names the node it found)
     radio_match: Mapping[str, str] | None = None
+    radio: Board | None = None
+    injectors: tuple[Board, ...] = ()
+
+
+def _options(radio: dict[str, Any], where: Path) -> dict[str, str]:
+    """The URL query of a board: its ``options`` plus ``baud`` (a positive integer) as
+    ``baudrate``."""
+    options = {k: str(v) for k, v in (radio.get("options") or {}).items()}
+    if "baud" in radio:
+        baud = radio["baud"]
+        if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+            raise EnvError(f"{where}: baud must be a positive integer, got {baud!r}")
+        options["baudrate"] = str(baud)
+    return options
 
 
 def _require(data: dict[str, Any], key: str, where: Path) -> Any:
@@ -90,7 +121,7 @@ def _udev_radio(radio: dict[str, Any], where: Path) -> tuple[str, str | None]:
     transport = radio.get("transport", "uart")
     if transport not in ("uart", "spi"):
         raise EnvError(f"{where}: gateway.radio.transport must be uart or spi, got {transport!r}")
-    options = {k: str(v) for k, v in (radio.get("options") or {}).items()}
+    options = _options(radio, where)
     url = f"spinel+{transport}://" + (f"?{urlencode(options)}" if options else "")
     match = _udev_match(radio, where)
     try:
@@ -99,6 +130,38 @@ def _udev_radio(radio: dict[str, Any], where: Path) -> tuple[str, str | None]:
         return url, " ".join(line.strip() for line in str(exc).splitlines())
     except SeveralBoardsMatched as exc:
         raise EnvError(f"{where}: gateway.radio.match: {exc}") from None
+
+
+def _power_command(radio: dict[str, Any], where: Path, key: str) -> str | None:
+    command = radio.get("power_command")
+    if command is not None and (not isinstance(command, str) or not command.strip()):
+        raise EnvError(f"{where}: {key}.power_command must be a command line, got {command!r}")
+    return command
+
+
+def _board(role: str, radio: Any, meters_file: Path, where: Path, key: str) -> Board:
+    if not isinstance(radio, dict):
+        raise EnvError(f"{where}: {key} must be a mapping with a kind")
+    url, absent = _radio_url(radio, meters_file, where)
+    kind = str(radio.get("kind"))
+    match = _udev_match(radio, where).properties if kind == "udev" else None
+    meters = radio.get("meters", [])
+    if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):
+        raise EnvError(f"{where}: {key}.meters must be a list of meter ids")
+    return Board(role, kind, url, absent, _power_command(radio, where, key), match, tuple(meters))
+
+
+def _injectors(data: dict[str, Any], meters_file: Path, where: Path) -> tuple[Board, ...]:
+    """Optional boards that play meters over the air; one absent makes the target absent."""
+    raw = data.get("injectors") or {}
+    if not isinstance(raw, dict):
+        raise EnvError(f"{where}: injectors must be a mapping of name to board")
+    boards = []
+    for name, radio in raw.items():
+        if isinstance(radio, dict) and radio.get("kind") == "virtual-rcp":
+            raise EnvError(f"{where}: injectors.{name}: an injector is a real board (url or udev)")
+        boards.append(_board(str(name), radio, meters_file, where, f"injectors.{name}"))
+    return tuple(boards)
 
 
 def load_env(path: Path) -> HilEnv:
@@ -115,16 +178,50 @@ def load_env(path: Path) -> HilEnv:
     radio = _require(gateway, "radio", path)
     if not isinstance(radio, dict):
         raise EnvError(f"{path}: gateway.radio must be a mapping with a kind")
-    url, absent = _radio_url(radio, meters_file, path)
-    match = _udev_match(radio, path).properties if radio.get("kind") == "udev" else None
+    board = _board("gateway", radio, meters_file, path, "gateway.radio")
+    injectors = _injectors(data, meters_file, path)
+    absent = board.absent or next(
+        (f"injector {b.role}: {b.absent}" for b in injectors if b.absent), None
+    )
     return HilEnv(
         name=str(data.get("name", path.stem)),
         source=path,
         gateway_id=str(_require(gateway, "id", path)),
-        radio_url=url,
+        radio_url=board.url,
         meters_file=meters_file,
         broker_kind=str((data.get("broker") or {}).get("kind", "local-mosquitto")),
         features=frozenset(str(f) for f in data.get("features", [])),
         absent=absent,
-        radio_match=match,
+        radio_match=board.match,
+        radio=board,
+        injectors=injectors,
     )
+
+
+def env_yaml(candidates: Sequence[BoardCandidate], baud: int = 460_800) -> str:
+    """Ready-to-paste environment YAML for connected boards (``hil boards``): the first as the
+    gateway's radio, the others as injectors, each matched by udev properties (the match
+    :func:`drivers.discover.suggest_match` picks), never by its /dev name."""
+    from drivers.discover import suggest_match
+
+    def board(c: BoardCandidate) -> dict[str, Any]:
+        spi = c.subsystem == "spidev"
+        entry: dict[str, Any] = {"kind": "udev", "transport": "spi" if spi else "uart"}
+        entry["match"] = suggest_match(c, candidates)
+        if not spi:
+            entry["baud"] = baud
+        return entry
+
+    if not candidates:
+        return ""
+    doc: dict[str, Any] = {
+        "name": "bench",
+        "gateway": {"id": "gateway-01", "radio": board(candidates[0])},
+        "meters": "emulated-meters.yaml",
+        "broker": {"kind": "local-mosquitto"},
+        "features": ["spi" if candidates[0].subsystem == "spidev" else "uart"],
+    }
+    if len(candidates) > 1:
+        doc["injectors"] = {f"injector-{i}": board(c) for i, c in enumerate(candidates[1:], 1)}
+    notes = "".join(f"# {c.describe()}\n" for c in candidates)
+    return notes + yaml.safe_dump(doc, sort_keys=False)

@@ -7,9 +7,16 @@ and against real boards on a bench, by ``--hil-env FILE``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -17,9 +24,12 @@ import yaml
 from hil.env import DEFAULT_ENV, HilEnv, load_env
 
 if TYPE_CHECKING:  # imported lazily: this plugin loads into every pytest session
+    from firmware_agent.diag.client import Target
     from hil.agent_process import AgentProcess
     from hil.broker import Mosquitto
+    from hil.faults import TargetFaults
     from hil.headend import HeadEnd
+    from hil.headend.requester import CommandRequester
     from hil.pki import Pki
 
 GatewayConfigFactory = Callable[..., Path]
@@ -110,6 +120,38 @@ def meters(hil_env: HilEnv) -> list[dict[str, Any]]:
     return data
 
 
+def write_gateway_config(
+    directory: Path,
+    env: HilEnv,
+    pki: Pki,
+    broker: Mosquitto,
+    radio_url: str,
+    **sections: dict[str, Any],
+) -> Path:
+    """A gateway config for this target in ``directory``; ``sections`` override (merged)."""
+    client = pki.client(env.gateway_id)
+    doc: dict[str, Any] = {
+        "gateway": {"id": env.gateway_id},
+        "radio": {"url": radio_url},
+        "uplink": {
+            "broker_url": f"mqtts://{broker.host}:{broker.port}",
+            "tls": {
+                "ca_file": str(pki.ca_cert),
+                "cert_file": str(client.cert),
+                "key_file": str(client.key),
+            },
+        },
+        "spool": {"path": str(directory / "spool.sqlite")},
+        "collector": {"interval_s": 5, "jitter_s": 1, "profile_rows": 2},
+        "meters": str(env.meters_file),
+    }
+    for section, values in sections.items():
+        doc.setdefault(section, {}).update(values)
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 @pytest.fixture
 def gateway_config(
     hil_env: HilEnv, hil_pki: Pki, broker: Mosquitto, tmp_path: Path, gateway_radio_url: str
@@ -117,27 +159,9 @@ def gateway_config(
     """Writes a gateway config for this target, returns its path; kwargs override sections."""
 
     def make(**sections: dict[str, Any]) -> Path:
-        client = hil_pki.client(hil_env.gateway_id)
-        doc: dict[str, Any] = {
-            "gateway": {"id": hil_env.gateway_id},
-            "radio": {"url": gateway_radio_url},
-            "uplink": {
-                "broker_url": f"mqtts://{broker.host}:{broker.port}",
-                "tls": {
-                    "ca_file": str(hil_pki.ca_cert),
-                    "cert_file": str(client.cert),
-                    "key_file": str(client.key),
-                },
-            },
-            "spool": {"path": str(tmp_path / "spool.sqlite")},
-            "collector": {"interval_s": 5, "jitter_s": 1, "profile_rows": 2},
-            "meters": str(hil_env.meters_file),
-        }
-        for section, values in sections.items():
-            doc.setdefault(section, {}).update(values)
-        path = tmp_path / "gateway.yaml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
+        return write_gateway_config(
+            tmp_path, hil_env, hil_pki, broker, gateway_radio_url, **sections
+        )
 
     return make
 
@@ -157,3 +181,179 @@ def gateway_agent(tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
     yield start
     for agent in started:
         agent.kill()
+
+
+# --- the target's fault hooks and one gateway for the acceptance suite -----------------------
+
+
+@pytest.fixture(scope="session")
+def fault_socket(hil_env: HilEnv) -> Iterator[Path | None]:
+    """Where an emulated target's virtual RCP serves its fault hooks (short: a UNIX socket
+    path has ~100 bytes); None for real boards."""
+    if hil_env.radio is None or hil_env.radio.kind != "virtual-rcp":
+        yield None
+        return
+    directory = Path(tempfile.mkdtemp(prefix="hil-faults-"))
+    yield directory / "control.sock"
+    for leftover in directory.iterdir():
+        leftover.unlink()
+    directory.rmdir()
+
+
+@pytest.fixture(scope="session")
+def target_faults(hil_env: HilEnv, fault_socket: Path | None) -> TargetFaults:
+    """The target's fault hooks (hil.faults): the emulated world's control socket, or the
+    bench's power-control commands and USB unbind. A fault the target lacks raises
+    FaultUnsupported: call :func:`skip_unsupported` around it."""
+    from hil.faults import BoardFaults, EmulatedFaults
+
+    if fault_socket is not None:
+        return EmulatedFaults(fault_socket)
+    boards = (hil_env.radio, *hil_env.injectors) if hil_env.radio else hil_env.injectors
+    commands = {b.role: b.power_command for b in boards if b.power_command}
+    for board in hil_env.injectors:  # an injector's meters go dark with their board
+        if board.power_command:
+            commands.update({m: board.power_command for m in board.meters})
+    return BoardFaults(hil_env.name, commands)
+
+
+@dataclass
+class Gateway:
+    """A gateway agent process on this target, reachable only as the head end and a
+    technician reach it: MQTT (readings, events, commands) and the diag API."""
+
+    id: str
+    agent: AgentProcess
+    headend: HeadEnd
+    broker: Mosquitto
+    pki: Pki
+    diag: Target
+    meter_ids: tuple[str, ...]
+
+    def diag_get(self, path: str) -> Any:
+        from firmware_agent.diag.client import DiagClient
+
+        with DiagClient(self.diag, timeout=30.0) as client:
+            return client.get(path)
+
+    def diag_up(self) -> bool:
+        from firmware_agent.diag.client import DiagClientError
+
+        try:
+            self.diag_get("/api/v1/status")
+        except DiagClientError:
+            return False
+        return True
+
+    def hes_diag(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+        """``hes-diag ARGS --url --ca --cert --key`` as a technician's laptop runs it."""
+        exe = Path(sys.executable).with_name("hes-diag")
+        d = self.diag
+        argv = [str(exe), *args, "--url", d.url, "--ca", str(d.ca), "--cert", str(d.cert)]
+        argv += ["--key", str(d.key)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def commands(self, *topics: str) -> CommandRequester:
+        """The head end's command side (a context manager), subscribed to replies and
+        ``topics`` (e.g. ``f"ami/{gw.id}/events/cim"``)."""
+        from hil.headend.requester import REPLIES, CommandRequester
+
+        # Its own client id: the subscriber (self.headend) holds "headend", and a second
+        # connection under one id makes the broker drop the first, back and forth.
+        return CommandRequester(
+            self.pki, self.broker, (REPLIES, *topics), gateway=self.id, client_id="headend-cmd"
+        )
+
+    def command(self, name: str, body: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
+        """One JSON command and its reply (the reply's JSON)."""
+        import asyncio
+
+        with self.commands() as requester:
+            requester.request(name, json.dumps(body).encode(), correlation=name.encode())
+            replies = asyncio.run(requester.wait_for(1, timeout))
+        answer: dict[str, Any] = json.loads(replies[0].payload)
+        return answer
+
+    def records_of(self, meter_id: str) -> list[dict[str, Any]]:
+        return [r for r in self.headend.records() if r.get("device_id") == meter_id]
+
+    def wait(self, what: Callable[[], bool], timeout: float, doing: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not what():
+            if self.agent.proc.poll() is not None:
+                raise AssertionError(f"the agent exited while {doing}\n{self.agent.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s {doing}\n{self.agent.tail()}")
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def gateway(
+    hil_env: HilEnv,
+    hil_pki: Pki,
+    broker: Mosquitto,
+    meters: list[dict[str, Any]],
+    fault_socket: Path | None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Gateway]:
+    """One agent process for the session, with the diag API on loopback for a technician's
+    certificate, and the head end's subscriber; both live as long as the agent."""
+    from firmware_agent.diag.client import Target
+    from hil.agent_process import AgentProcess
+    from hil.broker import free_port
+    from hil.headend import HeadEnd
+    from hil.pki import generate_pki
+
+    work = tmp_path_factory.mktemp("gateway")
+    diag_pki = generate_pki(
+        work / "diag-pki",
+        gateway_ids=("technician",),
+        headend_id="unused",
+        server_names=("127.0.0.1", "localhost"),
+    )
+    port = free_port()
+    url = hil_env.radio_url
+    if fault_socket is not None:
+        url += ("&" if "?" in url else "?") + urlencode({"control": str(fault_socket)})
+    config = write_gateway_config(
+        work,
+        hil_env,
+        hil_pki,
+        broker,
+        url,
+        diag={
+            "ca_file": str(diag_pki.ca_cert),
+            "cert_file": str(diag_pki.server.cert),
+            "key_file": str(diag_pki.server.key),
+            "bind": "127.0.0.1",
+            "port": port,
+            "probe_count": 2,
+        },
+        collector={"interval_s": 6, "jitter_s": 1, "profile_rows": 2, "timeout_s": 4.0},
+    )
+    technician = diag_pki.client("technician")
+    target = Target(
+        hil_env.gateway_id, f"https://127.0.0.1:{port}", diag_pki.ca_cert, technician.cert,
+        technician.key,
+    )  # fmt: skip
+    with HeadEnd(broker.host, broker.port, hil_pki) as headend:
+        agent = AgentProcess(config, work / "agent.log")
+        try:
+            gw = Gateway(
+                hil_env.gateway_id, agent, headend, broker, hil_pki, target,
+                tuple(str(m["id"]) for m in meters),
+            )  # fmt: skip
+            gw.wait(gw.diag_up, 30, "for the diag API")
+            yield gw
+        finally:
+            agent.terminate()
+
+
+def skip_unsupported(call: Callable[[], None]) -> None:
+    """Run a fault hook; a target that cannot inject it skips the test with the reason."""
+    from hil.faults import FaultUnsupported
+
+    try:
+        call()
+    except FaultUnsupported as exc:
+        pytest.skip(str(exc))
