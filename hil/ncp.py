@@ -176,6 +176,8 @@ class VirtualNcp:
         self.counters = NcpCounters()
         #: Fault injection: the next GET of a property answers these bytes instead.
         self.corrupt_next: dict[int, bytes] = {}
+        #: Fault injection: the next GET of a property is refused with this status.
+        self.refuse_next: dict[int, int] = {}
         self._decoder = HdlcDecoder()
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
@@ -282,6 +284,9 @@ class VirtualNcp:
         return True
 
     def _get(self, tid: int, prop: int) -> None:
+        if prop in self.refuse_next:
+            self._status(tid, self.refuse_next.pop(prop))
+            return
         value = self._value(prop)
         if value is None:
             self.counters.unknown_props += 1

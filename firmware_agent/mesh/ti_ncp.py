@@ -412,7 +412,7 @@ class TiNcpBackend:
         try:
             await self._check_identity(host)
             await self._bring_stack_up(self.stack_timeout_s)
-            await self.sync_once()
+            await self._first_sync(host)
         except BaseException as exc:
             await self.close()
             if isinstance(exc, MeshBackendError):
@@ -422,6 +422,18 @@ class TiNcpBackend:
                 reason = text if text.startswith("ti-ncp") else f"ti-ncp: {text}"
                 raise MeshBackendError(reason) from exc
             raise
+
+    async def _first_sync(self, host: SpinelPropertyHost) -> None:
+        """A board whose stack is up may still refuse topology reads while its network forms
+        (TI's firmware answers INVALID_STATE until then): that is not a failure to start."""
+        try:
+            await self.sync_once()
+        except (NcpError, SpinelError) as exc:
+            if host.failure is not None:
+                raise
+            self.stats.sync_failures += 1
+            self.last_error = str(exc)
+            log.warning("ti-ncp: first topology read failed, polling goes on: %s", exc)
 
     def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
         return {"ti-ncp-poll": self.run_poll()}
