@@ -491,6 +491,12 @@ async def _serve_rcp(args: argparse.Namespace) -> int:
         log.info("virtual RCP %s serving on %s", rcp.eui64.hex(), path)
 
     server = asyncio.create_task(serve_pty(rcp, ready), name="rcp-pty")
+    if control is not None:  # fault "unplug": end after the reply is out, the PTY with us
+
+        def unplug() -> None:
+            loop.call_later(0.1, server.cancel)
+
+        world.on_unplug = unplug
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.cancel)
     watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"

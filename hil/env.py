@@ -40,6 +40,7 @@ class Board:
     power_command: str | None = None
     match: Mapping[str, str] | None = None
     meters: tuple[str, ...] = ()  # the meter ids an injector plays
+    usb_path: str | None = None  # sysfs USB device name (e.g. "1-1.2") for unbind/bind
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,11 @@ def _board(role: str, radio: Any, meters_file: Path, where: Path, key: str) -> B
     meters = radio.get("meters", [])
     if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):
         raise EnvError(f"{where}: {key}.meters must be a list of meter ids")
-    return Board(role, kind, url, absent, _power_command(radio, where, key), match, tuple(meters))
+    usb_path = radio.get("usb_path")
+    if usb_path is not None and (not isinstance(usb_path, str) or "/" in usb_path or not usb_path):
+        raise EnvError(f"{where}: {key}.usb_path must be a USB device name like 1-1.2")
+    power = _power_command(radio, where, key)
+    return Board(role, kind, url, absent, power, match, tuple(meters), usb_path)
 
 
 def _injectors(data: dict[str, Any], meters_file: Path, where: Path) -> tuple[Board, ...]:

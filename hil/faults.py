@@ -20,6 +20,8 @@ import os
 import shlex
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from hil.population import EmulatedMeter
     from hil.rcp import VirtualRcp
 
-OPS = ("power", "fade", "interferer", "reset", "garbage", "ping")
+OPS = ("power", "fade", "interferer", "reset", "garbage", "unplug", "ping")
 #: Where the emulated interferer sits and how loud it is: next to the gateway, far above a
 #: meter's signal, so every link of the gateway drowns while it is on.
 INTERFERER_POSITION = (5.0, 0.0)
@@ -108,6 +110,9 @@ class FaultWorld:
     rcp: VirtualRcp
     meters: dict[str, EmulatedMeter]
     garbage_seed: int = 0
+    #: ``unplug``: the board goes away (the RCP process ends, its PTY with it); the host's
+    #: driver then finds a fresh one, as after a USB replug. Set by whoever serves the world.
+    on_unplug: Callable[[], None] | None = None
     _interferer: Interferer | None = field(default=None, init=False)
     applied: list[FaultCommand] = field(default_factory=list, init=False)
 
@@ -129,6 +134,10 @@ class FaultWorld:
             self.rcp.reboot()
         elif command.op == "garbage":
             self.rcp.inject_to_host(self._garbage(int(command.count or 0)))
+        elif command.op == "unplug":
+            if self.on_unplug is None:
+                raise FaultUnsupported("this virtual RCP cannot be unplugged (no one serves it)")
+            self.on_unplug()
         self.applied.append(command)
 
     def _switch_interferer(self, on: bool) -> None:
@@ -175,6 +184,7 @@ async def serve_control(path: Path, world: FaultWorld) -> asyncio.AbstractServer
         finally:
             writer.close()
 
+    path.unlink(missing_ok=True)  # a socket left by an RCP that was unplugged (killed)
     server = await asyncio.start_unix_server(client, path=str(path))
     os.chmod(path, 0o600)
     return server
@@ -191,6 +201,7 @@ class TargetFaults(Protocol):
     def interferer(self, on: bool) -> None: ...
     def reset_radio(self) -> None: ...
     def serial_garbage(self, count: int) -> None: ...
+    def unplug(self, seconds: float) -> None: ...
 
 
 class EmulatedFaults:
@@ -239,6 +250,13 @@ class EmulatedFaults:
     def serial_garbage(self, count: int) -> None:
         self._send(FaultCommand("garbage", count=count))
 
+    def unplug(self, seconds: float) -> None:
+        """The radio goes away and comes back: the virtual RCP process ends (its PTY with it)
+        and the host's driver spawns a fresh one, as a board replugged after ``seconds`` (the
+        driver's own reconnect pace decides the emulated gap)."""
+        del seconds
+        self._send(FaultCommand("unplug"))
+
 
 @dataclass(frozen=True)
 class BoardFaults:
@@ -270,13 +288,19 @@ class BoardFaults:
 
     def reset_radio(self) -> None:
         """USB unbind then bind of the radio board: the host sees it vanish and come back."""
+        self.unplug(0.0)
+
+    def unplug(self, seconds: float) -> None:
+        """USB unbind, ``seconds`` away, then bind: the kernel's view of a replug."""
         if self.radio_usb_path is None:
-            raise self._unsupported("reset the radio (no USB path for it)")
+            raise self._unsupported("unplug the radio (no usb_path for it)")
         for action in ("unbind", "bind"):
             try:
                 (self.sysfs / action).write_text(self.radio_usb_path)
             except OSError as exc:
                 raise FaultError(f"USB {action} of {self.radio_usb_path}: {exc}") from None
+            if action == "unbind" and seconds > 0:
+                time.sleep(seconds)
 
     def serial_garbage(self, count: int) -> None:
         raise self._unsupported("put garbage on the radio's serial line")

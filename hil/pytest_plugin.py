@@ -214,7 +214,8 @@ def target_faults(hil_env: HilEnv, fault_socket: Path | None) -> TargetFaults:
     for board in hil_env.injectors:  # an injector's meters go dark with their board
         if board.power_command:
             commands.update({m: board.power_command for m in board.meters})
-    return BoardFaults(hil_env.name, commands)
+    usb_path = hil_env.radio.usb_path if hil_env.radio else None
+    return BoardFaults(hil_env.name, commands, usb_path)
 
 
 @dataclass

@@ -40,14 +40,14 @@ def test_injectors_baud_and_power_commands_are_read(tmp_path: Path) -> None:
         _env(
             tmp_path,
             "gateway:\n  id: gw-7\n"
-            f"  radio: {{kind: url, url: 'spinel+uart://{tty}',\n"
+            f"  radio: {{kind: url, url: 'spinel+uart://{tty}', usb_path: 1-1.2,\n"
             "          power_command: 'relay 1 {state}'}\n"
             "injectors:\n"
             f"  east: {{kind: url, url: 'spinel+uart://{tty}', meters: [MTR-0001, MTR-0002]}}\n",
         )
     )
     assert env.absent is None and env.radio is not None
-    assert env.radio.power_command == "relay 1 {state}"
+    assert env.radio.power_command == "relay 1 {state}" and env.radio.usb_path == "1-1.2"
     (east,) = env.injectors
     assert (east.role, east.kind, east.meters) == ("east", "url", ("MTR-0001", "MTR-0002"))
 
@@ -69,6 +69,7 @@ def test_an_absent_injector_makes_the_target_absent(tmp_path: Path) -> None:
         ("  radio: {kind: udev, baud: fast, match: {ID_SERIAL_SHORT: x}}\n", "baud must be a pos"),
         ("  radio: {kind: virtual-rcp, power_command: ''}\n", "power_command must be a command"),
         ("  radio: {kind: virtual-rcp}\ninjectors: [a]\n", "injectors must be a mapping"),
+        ("  radio: {kind: virtual-rcp, usb_path: /sys/x}\n", "usb_path must be a USB device"),
         ("  radio: {kind: virtual-rcp}\ninjectors: {a: {kind: virtual-rcp}}\n", "real board"),
         ("  radio: {kind: virtual-rcp}\ninjectors: {a: {kind: url, url: 'x://y', meters: 3}}\n",
          "injectors.a.meters must be a list"),

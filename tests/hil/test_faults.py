@@ -96,9 +96,15 @@ def test_the_control_socket_changes_the_emulated_world() -> None:
                 await asyncio.to_thread(faults.interferer, True)
                 await asyncio.to_thread(faults.interferer, False)
                 await asyncio.to_thread(faults.serial_garbage, 64)
+                with pytest.raises(FaultError, match="cannot be unplugged"):
+                    await asyncio.to_thread(faults.unplug, 1.0)
+                unplugged: list[bool] = []
+                world.on_unplug = lambda: unplugged.append(True)
+                await asyncio.to_thread(faults.unplug, 1.0)
+                assert unplugged == [True]
                 assert [c.op for c in world.applied] == [
                     "ping", "fade", "fade", "power", "power", "reset", "interferer",
-                    "interferer", "garbage",
+                    "interferer", "garbage", "unplug",
                 ]  # fmt: skip
                 with pytest.raises(FaultError, match="no emulated meter 'MTR-Z'; have MTR-A"):
                     await asyncio.to_thread(faults.power, "MTR-Z", False)
@@ -155,6 +161,10 @@ def test_a_bench_resets_its_radio_by_usb_unbind_and_bind(tmp_path: Path) -> None
     faults = BoardFaults("bench-7", radio_usb_path="1-1.2", sysfs=sysfs)
     faults.reset_radio()
     assert (sysfs / "unbind").read_text() == "1-1.2" and (sysfs / "bind").read_text() == "1-1.2"
+    (sysfs / "bind").unlink()
+    faults.unplug(0.2)  # away for a while: bind follows unbind after that
+    gap = (sysfs / "bind").stat().st_mtime - (sysfs / "unbind").stat().st_mtime
+    assert gap >= 0.15, gap
     (sysfs / "unbind").unlink()
     (sysfs / "unbind").mkdir()  # not writable as a file: the error names the action
     with pytest.raises(FaultError, match=r"USB unbind of 1-1\.2"):

@@ -22,8 +22,8 @@ from hil.faults import TargetFaults
 from hil.pytest_plugin import Gateway, skip_unsupported
 
 JOIN_S = 60.0
-#: Extra loss on the far meter's direct link: ~17 dB SNR falls to ~9, below the 12 dB floor.
-FADE_DB = 8.0
+#: Extra loss on the far meter's direct link: ~19 dB SNR falls to ~9, below the 12 dB floor.
+FADE_DB = 10.0
 Record = Callable[[str, object], None]
 
 
@@ -111,7 +111,8 @@ def test_on_demand_read_latency(gateway: Gateway, record_property: Record) -> No
     record_property("on_demand_latency_s", round(latency, 3))
     assert answer["status"] == "ok", answer
     assert answer["result"]["meter_id"] == meter and answer["result"]["readings"], answer
-    assert latency < 15.0, f"on-demand read took {latency:.1f} s"
+    # Within a few of the collector's read timeouts (4 s here), even behind an interval read.
+    assert latency < 20.0, f"on-demand read took {latency:.1f} s"
 
 
 def _paths(gw: Gateway, meter: str) -> list[dict[str, Any]]:
@@ -188,12 +189,23 @@ def _meter_status(gateway: Gateway, meters: list[str]) -> cim.CimMessage:
     return cim.parse_message(replies[-1].payload)
 
 
+def _leaf(gw: Gateway) -> str:
+    """A meter that is no other meter's parent now (the last one such): its power cut takes
+    only itself off the mesh, and it sends its last gasp with nothing else to forward."""
+    routes = gw.diag_get("/api/v1/routes")["routes"]
+    parents = {p["parent"] for r in routes for p in r["parents"]}
+    ids = {str(r["node"]): str(r["meter_id"]) for r in routes if r.get("meter_id")}
+    leaves = [ids[n] for n in ids if n not in parents]
+    return leaves[-1] if leaves else gw.meter_ids[-1]
+
+
 def test_last_gasp_overtakes_queued_reads_and_cim_outage_is_verified(
     gateway: Gateway, target_faults: TargetFaults, record_property: Record
 ) -> None:
     """The broker is away while interval reads queue up; a meter loses power; when the broker
     is back the head end gets the alarm before the queued reads. Then the OMS asks."""
-    dark, lit = gateway.meter_ids[2], gateway.meter_ids[0]
+    dark = _leaf(gateway)
+    lit = next(m for m in gateway.meter_ids if m != dark)
     before = {r["natural_key"] for r in gateway.headend.records()}
     gateway.broker.stop()
     try:
@@ -224,20 +236,48 @@ def test_last_gasp_overtakes_queued_reads_and_cim_outage_is_verified(
         target_faults.power(dark, True)
 
 
-def test_radio_reset_and_serial_garbage_are_survived(
-    gateway: Gateway, target_faults: TargetFaults, record_property: Record
-) -> None:
+def _read_ok(gw: Gateway, meter: str) -> bool:
+    answer = gw.command("read", {"meter_id": meter, "what": "registers"}, timeout=30)
+    return answer["status"] == "ok"
+
+
+@pytest.mark.hil_feature("serial-garbage")
+def test_serial_garbage_is_survived(gateway: Gateway, target_faults: TargetFaults) -> None:
+    """Line noise between radio and host: the driver resynchronises, nothing restarts."""
     meter = gateway.meter_ids[0]
     skip_unsupported(lambda: target_faults.serial_garbage(300))
+    gateway.wait(lambda: _read_ok(gateway, meter), 60, f"for {meter} to be read after noise")
+
+
+@pytest.mark.hil_feature("radio-reset")
+def test_radio_reset_is_survived(
+    gateway: Gateway, target_faults: TargetFaults, record_property: Record
+) -> None:
+    """The board resets on its own (brown-out, watchdog): the driver re-applies its settings."""
+    meter = gateway.meter_ids[0]
     skip_unsupported(target_faults.reset_radio)
     started = time.monotonic()
+    gateway.wait(lambda: _read_ok(gateway, meter), 90, f"for {meter} to be read after a reset")
+    record_property("radio_reset_recovery_s", round(time.monotonic() - started, 1))
+    status = gateway.diag_get("/api/v1/status")
+    assert status["radio"] is not None and status["radio"]["hwaddr"], status
 
-    def read_ok() -> bool:
-        answer = gateway.command("read", {"meter_id": meter, "what": "registers"}, timeout=30)
-        return answer["status"] == "ok"
 
-    gateway.wait(read_ok, 90, f"for {meter} to be read after the radio reset")
-    record_property("radio_recovery_s", round(time.monotonic() - started, 1))
+@pytest.mark.hil_feature("radio-unplug")
+def test_radio_unplug_and_replug(
+    gateway: Gateway, target_faults: TargetFaults, record_property: Record
+) -> None:
+    """The radio board goes away and comes back: the agent keeps running, finds it again, and
+    every meter's reads reach the head end again (the mesh forms anew around the board)."""
+    before = {m: len(gateway.records_of(m)) for m in gateway.meter_ids}
+    skip_unsupported(lambda: target_faults.unplug(2.0))
+    started = time.monotonic()
+    gateway.wait(
+        lambda: all(len(gateway.records_of(m)) > before[m] for m in gateway.meter_ids),
+        120,
+        "for every meter's reads after the radio came back",
+    )
+    record_property("radio_replug_recovery_s", round(time.monotonic() - started, 1))
     status = gateway.diag_get("/api/v1/status")
     assert status["radio"] is not None and status["radio"]["hwaddr"], status
 
