@@ -81,6 +81,8 @@ class EmulatedNetwork:
     prefix: bytes  # the /64, 8 bytes
     parents: dict[bytes, bytes] = field(default_factory=dict)
     meters: dict[bytes, MeterRouter] = field(default_factory=dict)
+    #: RSL in / out (dBm) of each node as the border router's radio neighbour would report it.
+    rsl: dict[bytes, tuple[float, float]] = field(default_factory=dict)
 
     def address(self, node: bytes) -> bytes:
         return ipv6.address_in_prefix(self.prefix, node)
@@ -128,6 +130,8 @@ def build_network(
         depth[node] = depth[parent] + 1
         model = MeterModel(f"MTR-{i + 1}", random.Random(rng.getrandbits(32)))
         network.meters[node] = MeterRouter({1: MeterServer(model, clock)})
+    for node in network.parents:  # drawn after the tree, so the tree depends on the seed only
+        network.rsl[node] = (round(rng.uniform(-95, -60), 1), round(rng.uniform(-95, -60), 1))
     return network
 
 
@@ -166,6 +170,7 @@ class VirtualNcp:
         guard_gap_s: float = 1.0,
         block_size: int = ti.TI_BLOCK_SIZE,
         ncp_version: str = NCP_VERSION,
+        neighbour_metrics: bool = True,
     ) -> None:
         self.network = network
         self.clock = clock
@@ -173,6 +178,7 @@ class VirtualNcp:
         self.guard_gap_s = guard_gap_s
         self.block_size = block_size
         self.ncp_version = ncp_version
+        self.neighbour_metrics = neighbour_metrics  # False: an image without PHY_NBR_METRICS
         self.counters = NcpCounters()
         #: Fault injection: the next GET of a property answers these bytes instead.
         self.corrupt_next: dict[int, bytes] = {}
@@ -190,6 +196,8 @@ class VirtualNcp:
         self._listing: deque[ti.DevicesBlock] = deque()
         self._last_listing_read: float | None = None
         self._route_dest = bytes(16)
+        self._nbr_list: list[bytes] = []
+        self._nbr_index = 0
 
     @property
     def stack_up(self) -> bool:
@@ -318,7 +326,22 @@ class VirtualNcp:
             return self._route_dest
         if prop == ti.PROP_DODAG_ROUTE:
             return self._route()
+        if prop == ti.PROP_PHY_NUM_NBRS and self.neighbour_metrics:
+            # The one-hop nodes are the border router's radio neighbours; this rewinds the list.
+            self._nbr_list = [n for n in net.connected() if net.parents[n] == net.root]
+            self._nbr_index = 0
+            return bytes((len(self._nbr_list),))
+        if prop == ti.PROP_PHY_NBR_METRICS and self.neighbour_metrics:
+            return self._next_neighbour()
         return None
+
+    def _next_neighbour(self) -> bytes:
+        if self._nbr_index >= len(self._nbr_list):
+            return b""  # past the end: the host asked more times than PHY_NUM_NBRS said
+        node = self._nbr_list[self._nbr_index]
+        self._nbr_index += 1
+        rsl_in, rsl_out = self.network.rsl[node]
+        return ti.encode_nbr_metrics(ti.NeighbourMetrics(node, rsl_in, rsl_out))
 
     def _next_page(self) -> bytes:
         """Like TI's firmware: the list is taken at the first page, then served block by block."""
@@ -469,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stack-up-after", type=float, default=0.5, help="seconds")
     parser.add_argument("--guard-gap", type=float, default=1.0, help="CONNECTED_DEVICES gap, s")
     parser.add_argument("--block-size", type=int, default=ti.TI_BLOCK_SIZE)
+    parser.add_argument(
+        "--no-neighbour-metrics",
+        dest="neighbour_metrics",
+        action="store_false",
+        help="an older image: refuse PHY_NUM_NBRS / PHY_NBR_METRICS",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -495,6 +524,7 @@ async def serve(args: argparse.Namespace) -> int:
         stack_up_after_s=opt["stack_up_after"],
         guard_gap_s=opt["guard_gap"],
         block_size=opt["block_size"],
+        neighbour_metrics=opt["neighbour_metrics"],
     )
 
     def ready(path: str) -> None:

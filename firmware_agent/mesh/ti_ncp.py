@@ -55,7 +55,6 @@ from firmware_agent.config import Config
 from firmware_agent.mesh import ipv6
 from firmware_agent.mesh import ti_spinel as ti
 from firmware_agent.mesh.backend import (
-    NEIGHBOUR_FIELDS,
     NOT_AVAILABLE,
     MeshBackendError,
     MeshEvent,
@@ -74,22 +73,45 @@ UNKNOWN_ROOT = bytes(8)
 STACK_POLL_S = 0.2
 
 _WHY = "the TI NCP's Spinel interface"
-UNAVAILABLE: Mapping[str, str] = {
-    "channel": f"{NOT_AVAILABLE}: the NCP hops channels itself and reports none per neighbour",
-    "rssi_dbm": f"{NOT_AVAILABLE}: {_WHY} reports no per-frame RSSI",
-    "lqi": f"{NOT_AVAILABLE}: {_WHY} reports no LQI",
-    "rsl_in_dbm": f"{NOT_AVAILABLE}: {_WHY} reports no RSL",
-    "rsl_out_dbm": f"{NOT_AVAILABLE}: {_WHY} reports no RSL",
-    "noise_floor_dbm": f"{NOT_AVAILABLE}: {_WHY} reports no noise floor",
-    "snr_db": f"{NOT_AVAILABLE}: no RSL to estimate it from",
-    "snr_percentiles_db": f"{NOT_AVAILABLE}: no SNR samples",
-    "etx": f"{NOT_AVAILABLE}: {_WHY} reports no ETX",
-    "latency_s": f"{NOT_AVAILABLE}: the NCP does not time its links",
-    "frames_heard": f"{NOT_AVAILABLE}: the NCP counts no frames per neighbour",
-    "last_heard_s_ago": f"{NOT_AVAILABLE}: the NCP reports no last-heard time",
-    "snr_class": f"{NOT_AVAILABLE}: no SNR to classify",
-    "colour": f"{NOT_AVAILABLE}: no SNR to classify",
-}
+
+
+def unavailable_fields(*, rsl: bool, noise_floor_dbm: float | None) -> dict[str, str]:
+    """The neighbour-row fields this NCP cannot supply, with why. ``rsl``: the firmware
+    answers PHY_NBR_METRICS (RSL in and out per neighbour); older images do not."""
+    missing = {
+        "channel": "the NCP hops channels itself and reports none per neighbour",
+        "rssi_dbm": f"{_WHY} reports no per-frame RSSI",
+        "lqi": f"{_WHY} reports no LQI",
+        "noise_floor_dbm": f"{_WHY} reports no noise floor",
+        "snr_percentiles_db": f"{_WHY} reports no per-frame SNR",
+        "etx": f"{_WHY} reports no ETX",
+        "latency_s": "the NCP does not time its links",
+        "frames_heard": "the NCP counts no frames per neighbour",
+        "last_heard_s_ago": "the NCP reports no last-heard time",
+        "colour": "needs last-heard time, ETX and latency, which the NCP does not report",
+    }
+    if not rsl:
+        why = "this NCP image does not answer PHY_NBR_METRICS"
+        missing["rsl_in_dbm"] = missing["rsl_out_dbm"] = why
+        missing["snr_db"] = missing["snr_class"] = f"no RSL to estimate it from ({why})"
+    elif noise_floor_dbm is None:
+        why = f"{_WHY} reports no noise floor (set mesh.ti_ncp.noise_floor_dbm for an estimate)"
+        missing["snr_db"] = missing["snr_class"] = why
+    return {field: f"{NOT_AVAILABLE}: {why}" for field, why in missing.items()}
+
+
+def estimated_fields(*, rsl: bool, noise_floor_dbm: float | None) -> dict[str, str]:
+    """SNR (and its class) derived from RSL in and the configured noise-floor calibration."""
+    if not rsl or noise_floor_dbm is None:
+        return {}
+    how = f"estimate: RSL minus the configured noise floor of {noise_floor_dbm:g} dBm"
+    return {"snr_db": how, "snr_class": how}
+
+
+def _snr_class(snr_db: float, floor_db: float, ok_db: float) -> str:
+    if snr_db < floor_db:
+        return "low"
+    return "marginal" if snr_db < ok_db else "ok"
 
 
 class NcpError(Exception):
@@ -270,6 +292,8 @@ def ti_prop_name(prop: int) -> str:
         ti.PROP_NUM_CONNECTED_DEVICES: "NUM_CONNECTED_DEVICES",
         ti.PROP_CONNECTED_DEVICES: "CONNECTED_DEVICES",
         ti.PROP_STREAM_NET: "STREAM_NET",
+        ti.PROP_PHY_NUM_NBRS: "PHY_NUM_NBRS",
+        ti.PROP_PHY_NBR_METRICS: "PHY_NBR_METRICS",
     }
     if prop in names:
         return names[prop]
@@ -318,8 +342,6 @@ class TiNcpBackend:
     """:class:`~.backend.MeshBackend` for a TI Wi-SUN FAN border router running as an NCP."""
 
     kind = "ti-ncp"
-    unavailable: Mapping[str, str] = UNAVAILABLE
-    estimated: Mapping[str, str] = {}
 
     def __init__(
         self,
@@ -355,8 +377,18 @@ class TiNcpBackend:
         self._br_address: bytes | None = None
         self._addresses: dict[bytes, bytes] = {}
         self._neighbours: set[bytes] = set()
+        # PHY_NBR_METRICS: None until asked, False when the image refuses it.
+        self._nbr_supported: bool | None = None
+        self._metrics: dict[bytes, ti.NeighbourMetrics] = {}
+        self._set_fields()
         self._replies: dict[tuple[bytes, int], asyncio.Queue[bytes]] = {}
         self.last_error: str | None = None
+
+    def _set_fields(self) -> None:
+        rsl = bool(self._nbr_supported)
+        noise = self.settings.noise_floor_dbm
+        self.unavailable: Mapping[str, str] = unavailable_fields(rsl=rsl, noise_floor_dbm=noise)
+        self.estimated: Mapping[str, str] = estimated_fields(rsl=rsl, noise_floor_dbm=noise)
 
     def _new_table(self, root: bytes) -> RoutingTable:
         mesh = self.config.mesh
@@ -378,12 +410,28 @@ class TiNcpBackend:
         }
 
     def neighbour_rows(self, now: float) -> list[dict[str, Any]]:
-        """The border router's one-hop nodes (from DODAG_ROUTE): address only, no metrics."""
+        """The border router's radio neighbours with their RSLs (PHY_NBR_METRICS), or, on an
+        image without it, its one-hop nodes from DODAG_ROUTE with no figures at all."""
+        if not self._nbr_supported:
+            rows = []
+            for node in sorted(self._neighbours):
+                row = empty_row(node)
+                row["ipv6"] = ipv6.format_address(self.address_of(node))
+                rows.append(row)
+            return rows
+        mesh = self.config.mesh
+        noise = self.settings.noise_floor_dbm
         rows = []
-        for node in sorted(self._neighbours):
+        for node, metrics in sorted(self._metrics.items()):
             row = empty_row(node)
             row["ipv6"] = ipv6.format_address(self.address_of(node))
-            rows.append({key: row[key] for key in NEIGHBOUR_FIELDS})
+            row["rsl_in_dbm"] = metrics.rsl_in_dbm
+            row["rsl_out_dbm"] = metrics.rsl_out_dbm
+            if noise is not None and metrics.rsl_in_dbm is not None:
+                snr = metrics.rsl_in_dbm - noise
+                row["snr_db"] = snr
+                row["snr_class"] = _snr_class(snr, mesh.snr_floor_db, mesh.snr_ok_db)
+            rows.append(row)
         return rows
 
     def link(self, node: bytes) -> MeterLink:
@@ -566,6 +614,7 @@ class TiNcpBackend:
                     )
                 routes.append(route)
             graph = ti.parents_from_routes(routes, self._root)
+            metrics = await self._read_neighbours()
         except ti.TiValueError:
             self.stats.bad_values += 1
             raise
@@ -576,9 +625,36 @@ class TiNcpBackend:
                 self._br_address = route.addresses[0]
                 break
         self._neighbours = {node for node, parents in graph.items() if parents == [self._root]}
+        if metrics is not None:
+            self._metrics = {m.eui64: m for m in metrics}
         self._sync.apply(graph, now)
         self._events.poll(now)
         self.stats.syncs += 1
+
+    async def _read_neighbours(self) -> list[ti.NeighbourMetrics] | None:
+        """PHY_NUM_NBRS then one PHY_NBR_METRICS per neighbour; None on an image without them
+        (asked once: a refusal is remembered)."""
+        if self._nbr_supported is False:
+            return None
+        try:
+            count = ti.decode_num_nbrs(
+                await self._topology(Cmd.PROP_VALUE_GET, ti.PROP_PHY_NUM_NBRS)
+            )
+        except NcpRefused as exc:
+            if exc.status not in (Status.PROP_NOT_FOUND, Status.UNIMPLEMENTED):
+                raise
+            log.info("ti-ncp: no neighbour metrics from this image (%s)", exc)
+            self._nbr_supported = False
+            self._set_fields()
+            return None
+        metrics = [
+            ti.decode_nbr_metrics(await self._topology(Cmd.PROP_VALUE_GET, ti.PROP_PHY_NBR_METRICS))
+            for _ in range(count)
+        ]
+        if not self._nbr_supported:
+            self._nbr_supported = True
+            self._set_fields()
+        return metrics
 
     async def _read_devices(self) -> tuple[bytes, ...]:
         """Pages until the last; a listing the board had begun before us is drained first."""

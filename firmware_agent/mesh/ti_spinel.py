@@ -14,6 +14,9 @@ check below — before it reads any of these. Checked against TI's NCP firmware
   byte (one per hop) then the path's addresses from the border router to the destination. No
   route: cost 0 and the destination alone.
 - STREAM_NET (0x72): ``dD``, one IPv6 packet (and optional metadata, empty from TI).
+- PHY_NUM_NBRS (0x26, OpenThread's PHY_RSSI): ``C``, the border router's radio neighbours; it
+  also rewinds PHY_NBR_METRICS (0x27), whose GETs then return one neighbour each: ``E`` EUI-64,
+  ``S`` RSL in, ``S`` RSL out, both as (dBm + 174) × 8 (nanostack's EWMA; 0x7FFF: not yet known).
 - Identity: NCP_VERSION starts ``TIWISUNFAN/``, INTERFACE_TYPE is 4 (TI's Wi-SUN value),
   PROTOCOL_VERSION is a string (``Wi-SUNFAN/1.0``), not OpenThread's two integers.
 """
@@ -31,6 +34,8 @@ from firmware_agent.mesh.ipv6 import PacketError, eui64_from_address, format_add
 PROP_NET_IF_UP = 0x41
 PROP_NET_STACK_UP = 0x42
 PROP_NET_ROLE = 0x43
+PROP_PHY_NUM_NBRS = 0x26
+PROP_PHY_NBR_METRICS = 0x27
 PROP_DODAG_ROUTE_DEST = 0x5F
 PROP_DODAG_ROUTE = 0x60
 PROP_NUM_CONNECTED_DEVICES = 0x65
@@ -269,6 +274,57 @@ def decode_route_dest(value: bytes) -> bytes:
     if len(value) < ADDRESS_LEN:
         raise TiValueError(f"DODAG_ROUTE_DEST: {len(value)} bytes, need a 16-byte address")
     return value[:ADDRESS_LEN]
+
+
+# --- neighbour metrics ------------------------------------------------------------------------
+
+#: nanostack's "RSL not measured yet" (RSL_UNITITIALIZED); 0xFFFF is treated the same.
+RSL_UNKNOWN = 0x7FFF
+
+
+@dataclass(frozen=True)
+class NeighbourMetrics:
+    """One PHY_NBR_METRICS value: a radio neighbour of the border router and its RSLs."""
+
+    eui64: bytes
+    rsl_in_dbm: float | None  # what we hear from it
+    rsl_out_dbm: float | None  # what it reports hearing from us (its RSL IE)
+
+
+def rsl_dbm(raw: int) -> float | None:
+    return None if raw in (RSL_UNKNOWN, 0xFFFF) else raw / 8 - 174
+
+
+def rsl_raw(dbm: float | None) -> int:
+    if dbm is None:
+        return RSL_UNKNOWN
+    raw = round((dbm + 174) * 8)
+    if not 0 <= raw < RSL_UNKNOWN:
+        raise TiValueError(f"PHY_NBR_METRICS: RSL {dbm} dBm out of range")
+    return raw
+
+
+def encode_nbr_metrics(metrics: NeighbourMetrics) -> bytes:
+    if len(metrics.eui64) != 8:
+        raise TiValueError(f"PHY_NBR_METRICS: an EUI-64 is 8 bytes, got {metrics.eui64!r}")
+    return pack("ESS", metrics.eui64, rsl_raw(metrics.rsl_in_dbm), rsl_raw(metrics.rsl_out_dbm))
+
+
+def decode_nbr_metrics(value: bytes) -> NeighbourMetrics:
+    if len(value) < 12:
+        raise TiValueError(
+            f"PHY_NBR_METRICS: {len(value)} bytes, need 12 (EUI-64, RSL in, RSL out): "
+            f"{value.hex()}"
+        )
+    eui64, raw_in, raw_out = unpack("ESS", value)
+    assert isinstance(eui64, bytes) and isinstance(raw_in, int) and isinstance(raw_out, int)
+    return NeighbourMetrics(eui64, rsl_dbm(raw_in), rsl_dbm(raw_out))
+
+
+def decode_num_nbrs(value: bytes) -> int:
+    if not value:
+        raise TiValueError("PHY_NUM_NBRS: empty value")
+    return value[0]
 
 
 # --- STREAM_NET -------------------------------------------------------------------------------

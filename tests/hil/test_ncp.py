@@ -33,7 +33,12 @@ from firmware_agent.config import (
     UplinkConfig,
 )
 from firmware_agent.mesh import ti_spinel as ti
-from firmware_agent.mesh.backend import NEIGHBOUR_FIELDS, MeshBackendError, MeshEvent
+from firmware_agent.mesh.backend import (
+    NEIGHBOUR_FIELDS,
+    MeshBackend,
+    MeshBackendError,
+    MeshEvent,
+)
 from firmware_agent.mesh.ti_ncp import TiNcpBackend
 from hil.ncp import EmulatedNetwork, VirtualNcp, build_network, serve_pty
 from hil.waiting import eventually
@@ -49,7 +54,9 @@ def run(coro: Awaitable[T], timeout: float = 60) -> T:
     return asyncio.run(main())
 
 
-def config(url: str, *, poll_s: float = 0.2, min_gap_s: float = GAP) -> Config:
+def config(
+    url: str, *, poll_s: float = 0.2, min_gap_s: float = GAP, noise_floor_dbm: float | None = None
+) -> Config:
     tls = TlsConfig(Path("ca.crt"), Path("gw.crt"), Path("gw.key"))
     return Config(
         gateway=GatewayConfig("gw-ti"),
@@ -57,7 +64,10 @@ def config(url: str, *, poll_s: float = 0.2, min_gap_s: float = GAP) -> Config:
         uplink=UplinkConfig("mqtts://127.0.0.1:8883", tls),
         spool=SpoolConfig(Path("spool.sqlite")),
         meters=(),
-        mesh=MeshConfig(backend="ti-ncp", ti_ncp=TiNcpConfig(poll_s=poll_s, min_gap_s=min_gap_s)),
+        mesh=MeshConfig(
+            backend="ti-ncp",
+            ti_ncp=TiNcpConfig(poll_s=poll_s, min_gap_s=min_gap_s, noise_floor_dbm=noise_floor_dbm),
+        ),
     )
 
 
@@ -78,10 +88,19 @@ async def served(ncp: VirtualNcp) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def started(
-    ncp: VirtualNcp, *, poll_s: float = 0.2, min_gap_s: float = GAP
+    ncp: VirtualNcp,
+    *,
+    poll_s: float = 0.2,
+    min_gap_s: float = GAP,
+    noise_floor_dbm: float | None = None,
 ) -> AsyncIterator[TiNcpBackend]:
     async with served(ncp) as path:
-        cfg = config(f"spinel+uart://{path}", poll_s=poll_s, min_gap_s=min_gap_s)
+        cfg = config(
+            f"spinel+uart://{path}",
+            poll_s=poll_s,
+            min_gap_s=min_gap_s,
+            noise_floor_dbm=noise_floor_dbm,
+        )
         backend = TiNcpBackend(cfg, SystemClock(), random.Random(1), stack_timeout_s=10)
         await backend.start()
         try:
@@ -104,6 +123,11 @@ def table_parents(backend: TiNcpBackend) -> dict[bytes, bytes]:
     return out
 
 
+def as_mesh_backend(backend: TiNcpBackend) -> MeshBackend:
+    """mypy checks here that the backend is a MeshBackend (run mypy on this file)."""
+    return backend
+
+
 def test_the_network_has_1_to_3_hops_and_is_seeded() -> None:
     net = network()
     depths = [len(p) - 1 for n in net.parents if (p := net.path(n)) is not None]
@@ -118,6 +142,7 @@ def test_routing_view_from_dodag_route_and_connected_devices_equals_the_network(
 
     async def main() -> None:
         async with started(ncp) as backend:
+            assert as_mesh_backend(backend).kind == "ti-ncp"
             assert backend.root == net.root
             assert backend.identity()["ncp_version"].startswith("TIWISUNFAN/")
             assert backend.identity()["stack_up"] is True
@@ -128,21 +153,78 @@ def test_routing_view_from_dodag_route_and_connected_devices_equals_the_network(
                 assert path is not None and list(path.hops) == net.path(node)
             # 5 devices in pages of 2: three pages, the last flagged.
             assert ncp.counters.listing_pages == 3
-            # The one-hop nodes are the neighbours; no metric is made up.
+            # The one-hop nodes are the radio neighbours, with the RSLs the NCP reports;
+            # nothing else is made up.
             rows = backend.neighbour_rows(0.0)
             one_hop = {n for n, p in net.parents.items() if p == net.root}
             assert {bytes.fromhex(r["mac"]) for r in rows} == one_hop
             for row in rows:
+                node = bytes.fromhex(row["mac"])
                 assert set(row) == set(NEIGHBOUR_FIELDS) and row["ipv6"]
+                assert (row["rsl_in_dbm"], row["rsl_out_dbm"]) == pytest.approx(
+                    net.rsl[node], abs=0.125
+                )
                 assert all(row[k] is None for k in backend.unavailable)
-            assert set(backend.unavailable) == set(NEIGHBOUR_FIELDS) - {"mac", "ipv6"}
+            measured = {"mac", "ipv6", "rsl_in_dbm", "rsl_out_dbm"}
+            assert set(backend.unavailable) == set(NEIGHBOUR_FIELDS) - measured
             assert all(
-                v.startswith("not available from this backend")
+                v.startswith("not available from this backend: ")
                 for v in backend.unavailable.values()
             )
+            assert "noise_floor_dbm" in backend.unavailable["snr_db"]
+            assert backend.estimated == {}
 
     run(main())
     assert ncp.counters.violations == 0 and ncp.counters.crashes == 0
+
+
+def test_snr_is_an_estimate_from_rsl_and_the_configured_noise_floor() -> None:
+    net = network()
+    ncp = VirtualNcp(net, SystemClock(), stack_up_after_s=0.0, guard_gap_s=GAP)
+
+    async def main() -> None:
+        async with started(ncp, noise_floor_dbm=-105.0) as backend:
+            rows = backend.neighbour_rows(0.0)
+            assert rows
+            for row in rows:
+                assert row["snr_db"] == pytest.approx(row["rsl_in_dbm"] + 105.0)
+                assert row["snr_class"] in ("ok", "marginal", "low")
+            assert set(backend.estimated) == {"snr_db", "snr_class"}
+            assert "-105 dBm" in backend.estimated["snr_db"]
+            assert backend.estimated["snr_db"].startswith("estimate: ")
+            assert "snr_db" not in backend.unavailable
+
+    run(main())
+    assert ncp.counters.violations == 0
+
+
+def test_an_image_without_neighbour_metrics_shows_one_hop_nodes_without_figures() -> None:
+    net = network()
+    ncp = VirtualNcp(
+        net, SystemClock(), stack_up_after_s=0.0, guard_gap_s=GAP, neighbour_metrics=False
+    )
+
+    async def main() -> None:
+        async with started(ncp, poll_s=0.05, noise_floor_dbm=-105.0) as backend:
+            rows = backend.neighbour_rows(0.0)
+            one_hop = {n for n, p in net.parents.items() if p == net.root}
+            assert {bytes.fromhex(r["mac"]) for r in rows} == one_hop
+            assert set(backend.unavailable) == set(NEIGHBOUR_FIELDS) - {"mac", "ipv6"}
+            assert "PHY_NBR_METRICS" in backend.unavailable["rsl_in_dbm"]
+            assert backend.estimated == {}  # no RSL: no estimate, whatever the calibration
+            assert all(row[k] is None for row in rows for k in backend.unavailable)
+            # Asked once; the refusal is remembered, the syncs go on.
+            worker = asyncio.create_task(backend.workers()["ti-ncp-poll"])
+            try:
+                await eventually(lambda: backend.stats.syncs >= 3, 10, "more syncs")
+            finally:
+                worker.cancel()
+                await asyncio.wait([worker])
+            assert ncp.counters.unknown_props == 1
+            assert backend.stats.sync_failures == 0
+
+    run(main())
+    assert ncp.counters.violations == 0
 
 
 def test_polls_follow_the_network_keep_the_gap_and_report_moves() -> None:

@@ -148,3 +148,21 @@ def test_parents_come_from_the_hop_before_each_node() -> None:
 def test_a_path_that_does_not_start_at_the_border_router_is_an_error() -> None:
     with pytest.raises(ti.TiValueError, match="not at the border router"):
         ti.parents_from_routes([ti.DodagRoute(1, (addr(A), addr(B)))], ROOT)
+
+
+def test_neighbour_metrics_carry_rsl_as_nanostack_scales_it() -> None:
+    metrics = ti.NeighbourMetrics(A, -82.5, None)
+    wire = ti.encode_nbr_metrics(metrics)
+    assert wire == A + int((-82.5 + 174) * 8).to_bytes(2, "little") + b"\xff\x7f"
+    assert ti.decode_nbr_metrics(wire) == metrics
+    assert ti.decode_num_nbrs(b"\x03") == 3
+    with pytest.raises(ti.TiValueError, match="PHY_NBR_METRICS: 11 bytes, need 12"):
+        ti.decode_nbr_metrics(wire[:11])
+    with pytest.raises(ti.TiValueError, match="PHY_NUM_NBRS: empty"):
+        ti.decode_num_nbrs(b"")
+
+
+@given(st.binary(min_size=8, max_size=8), st.integers(0, 0x7FFE), st.integers(0, 0x7FFE))
+def test_neighbour_metrics_round_trip(eui: bytes, raw_in: int, raw_out: int) -> None:
+    metrics = ti.NeighbourMetrics(eui, ti.rsl_dbm(raw_in), ti.rsl_dbm(raw_out))
+    assert ti.decode_nbr_metrics(ti.encode_nbr_metrics(metrics)) == metrics
