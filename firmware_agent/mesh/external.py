@@ -22,4 +22,8 @@ def open_external(config: Config, clock: Clock, rng: random.Random) -> MeshBacke
         except ImportError as exc:  # dbus-fast is in the gateway extra
             raise MeshBackendError(f"mesh.backend wsbrd needs dbus-fast: {exc}") from None
         return WsbrdBackend(config, clock, rng)
+    if kind == "ti-ncp":
+        from firmware_agent.mesh.ti_ncp import TiNcpBackend
+
+        return TiNcpBackend(config, clock, rng)
     raise MeshBackendError(f"mesh.backend {kind!r}: this build has no such backend")
