@@ -126,6 +126,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve fault hooks (hil.faults) on a UNIX socket here: power, fade, reset, garbage",
     )
+    rcp.add_argument(
+        "--personality",
+        choices=("rcp", "ncp"),
+        default="rcp",
+        help="ncp: a virtual TI Wi-SUN NCP with a network of meters behind it (hil/ncp.py)",
+    )
+    rcp.add_argument("--nodes", type=int, default=5, help="ncp: nodes in its network")
+    rcp.add_argument(
+        "--stack-up-after", type=float, default=0.5, help="ncp: seconds until the stack is up"
+    )
+    rcp.add_argument(
+        "--guard-gap",
+        type=float,
+        default=1.0,
+        help="ncp: CONNECTED_DEVICES reads closer than this crash it, as TI's stack does",
+    )
     rcp.set_defaults(func=_cmd_rcp)
 
     demo = sub.add_parser("demo", help="run the gateway agent end to end with a live view")
@@ -550,6 +566,10 @@ def _cmd_boards(args: argparse.Namespace) -> int:
 
 
 def _cmd_rcp(args: argparse.Namespace) -> int:
+    if args.personality == "ncp":
+        from hil.ncp import serve
+
+        return asyncio.run(serve(args))
     return asyncio.run(_serve_rcp(args))
 
 
