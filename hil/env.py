@@ -57,6 +57,8 @@ class HilEnv:
     radio_match: Mapping[str, str] | None = None
     radio: Board | None = None
     injectors: tuple[Board, ...] = ()
+    # gateway.config: sections of the gateway config this target needs (merged over the rig's)
+    gateway_config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 def _options(radio: dict[str, Any], where: Path) -> dict[str, str]:
@@ -188,6 +190,9 @@ def load_env(path: Path) -> HilEnv:
     absent = board.absent or next(
         (f"injector {b.role}: {b.absent}" for b in injectors if b.absent), None
     )
+    overrides = gateway.get("config") or {}
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise EnvError(f"{path}: gateway.config must map config sections to mappings")
     return HilEnv(
         name=str(data.get("name", path.stem)),
         source=path,
@@ -200,6 +205,7 @@ def load_env(path: Path) -> HilEnv:
         radio_match=board.match,
         radio=board,
         injectors=injectors,
+        gateway_config=overrides,
     )
 
 

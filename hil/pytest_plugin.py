@@ -128,7 +128,8 @@ def write_gateway_config(
     radio_url: str,
     **sections: dict[str, Any],
 ) -> Path:
-    """A gateway config for this target in ``directory``; ``sections`` override (merged)."""
+    """A gateway config for this target in ``directory``: the rig's defaults, then the
+    environment's ``gateway.config``, then ``sections`` (each merged per section)."""
     client = pki.client(env.gateway_id)
     doc: dict[str, Any] = {
         "gateway": {"id": env.gateway_id},
@@ -145,8 +146,9 @@ def write_gateway_config(
         "collector": {"interval_s": 5, "jitter_s": 1, "profile_rows": 2},
         "meters": str(env.meters_file),
     }
-    for section, values in sections.items():
-        doc.setdefault(section, {}).update(values)
+    for overrides in (env.gateway_config, sections):
+        for section, values in overrides.items():
+            doc.setdefault(section, {}).update(values)
     path = directory / "gateway.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

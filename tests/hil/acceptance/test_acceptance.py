@@ -22,7 +22,8 @@ from hil.faults import TargetFaults
 from hil.pytest_plugin import Gateway, skip_unsupported
 
 JOIN_S = 60.0
-#: Extra loss on the far meter's direct link: ~19 dB SNR falls to ~9, below the 12 dB floor.
+#: Extra loss on the far meter's direct link: ~16 dB SNR falls to ~6, below the target's floor
+#: (config/hil/emulated.yaml sets it to 8 dB for its layout).
 FADE_DB = 10.0
 Record = Callable[[str, object], None]
 
@@ -153,25 +154,39 @@ def test_rerouting_around_a_fading_link(
         target_faults.fade(meter, 0.0)
 
 
+def _leaf(gw: Gateway) -> str:
+    """A meter that is no other meter's parent now (the last one such): its power cut takes
+    only itself off the mesh, and it sends its last gasp with nothing else to forward."""
+    routes = gw.diag_get("/api/v1/routes")["routes"]
+    parents = {p["parent"] for r in routes for p in r["parents"]}
+    ids = {str(r["node"]): str(r["meter_id"]) for r in routes if r.get("meter_id")}
+    leaves = [ids[n] for n in ids if n not in parents]
+    return leaves[-1] if leaves else gw.meter_ids[-1]
+
+
 def test_firmware_push_keeps_to_its_byte_rate(gateway: Gateway, record_property: Record) -> None:
     import base64
     import os
 
     from hil.meter.image import seal  # the emulated meters' image format (a bench: vendor's)
 
-    meter = gateway.meter_ids[0]
+    meter = _leaf(gateway)  # no other meter's traffic through it while it takes the image
     data = seal(os.urandom(1500))
     rate = 1000.0
-    started = time.monotonic()
-    answer = gateway.command(
-        "firmware-push",
-        {"meter_ids": [meter], "image_id": "FW-ACC-2", "bytes_per_s": rate,
-         "image": {"base64": base64.b64encode(data).decode()}},
-        timeout=120,
-    )  # fmt: skip
-    took = time.monotonic() - started
+    body = {"meter_ids": [meter], "image_id": "FW-ACC-2", "bytes_per_s": rate,
+            "image": {"base64": base64.b64encode(data).decode()}}  # fmt: skip
+    # A meter that misses a block past the collector's retries fails the push (the answer
+    # says which and why); the head end then pushes again, as the test does once.
+    for attempt in (1, 2):
+        started = time.monotonic()
+        answer = gateway.command("firmware-push", body, timeout=120)
+        took = time.monotonic() - started
+        if answer["status"] == "ok" or attempt == 2:
+            break
+        record_property("firmware_push_failed_first", json.dumps(answer["result"]["meters"]))
     record_property("firmware_push_s", round(took, 2))
-    assert answer["status"] == "ok", answer
+    record_property("firmware_push_attempts", attempt)
+    assert answer["status"] == "ok", answer.get("result", answer)
     assert answer["result"]["succeeded"] == 1 and answer["result"]["size"] == len(data), answer
     assert took >= len(data) / rate * 0.9, f"{len(data)} bytes in {took:.1f} s beat {rate} B/s"
 
@@ -187,16 +202,6 @@ def _meter_status(gateway: Gateway, meters: list[str]) -> cim.CimMessage:
         )  # fmt: skip
         replies = asyncio.run(requester.wait_for(1, 30))
     return cim.parse_message(replies[-1].payload)
-
-
-def _leaf(gw: Gateway) -> str:
-    """A meter that is no other meter's parent now (the last one such): its power cut takes
-    only itself off the mesh, and it sends its last gasp with nothing else to forward."""
-    routes = gw.diag_get("/api/v1/routes")["routes"]
-    parents = {p["parent"] for r in routes for p in r["parents"]}
-    ids = {str(r["node"]): str(r["meter_id"]) for r in routes if r.get("meter_id")}
-    leaves = [ids[n] for n in ids if n not in parents]
-    return leaves[-1] if leaves else gw.meter_ids[-1]
 
 
 def test_last_gasp_overtakes_queued_reads_and_cim_outage_is_verified(
