@@ -52,6 +52,11 @@ def test_injectors_baud_and_power_commands_are_read(tmp_path: Path) -> None:
     assert (east.role, east.kind, east.meters) == ("east", "url", ("MTR-0001", "MTR-0002"))
 
 
+def test_the_default_target_tunes_its_gateway_config() -> None:
+    env = load_env(ROOT / "config" / "hil" / "emulated.yaml")
+    assert env.gateway_config["mesh"]["snr_floor_db"] == 8  # its layout's fade goes below it
+
+
 def test_an_absent_injector_makes_the_target_absent(tmp_path: Path) -> None:
     env = load_env(
         _env(
@@ -70,6 +75,7 @@ def test_an_absent_injector_makes_the_target_absent(tmp_path: Path) -> None:
         ("  radio: {kind: virtual-rcp, power_command: ''}\n", "power_command must be a command"),
         ("  radio: {kind: virtual-rcp}\ninjectors: [a]\n", "injectors must be a mapping"),
         ("  radio: {kind: virtual-rcp, usb_path: /sys/x}\n", "usb_path must be a USB device"),
+        ("  radio: {kind: virtual-rcp}\n  config: {mesh: 3}\n", "gateway.config must map"),
         ("  radio: {kind: virtual-rcp}\ninjectors: {a: {kind: virtual-rcp}}\n", "real board"),
         ("  radio: {kind: virtual-rcp}\ninjectors: {a: {kind: url, url: 'x://y', meters: 3}}\n",
          "injectors.a.meters must be a list"),
