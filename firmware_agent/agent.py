@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import random
 import signal
@@ -55,6 +56,7 @@ from firmware_agent.diag.agent_source import AgentDiagSource
 from firmware_agent.diag.server import DiagServer, DiagSetupError
 from firmware_agent.mesh.backend import MeshBackend, MeshBackendError, MeshEvent
 from firmware_agent.mesh.external import open_external
+from firmware_agent.mesh.ipv6 import eui64_from_address
 from firmware_agent.mesh.neighbours import LinkThresholds, Neighbour
 from firmware_agent.mesh.own import OwnMeshBackend
 from firmware_agent.mesh.route_store import load_table, save_json
@@ -351,9 +353,7 @@ class Agent:
             # No saved routes: a new DTSN in the first DIOs asks every node for its DAOs now
             # rather than at its next refresh.
             self.stack.root.request_daos(self.clock.monotonic())
-        self.mesh_links = MeshLinks(
-            self.stack, on_unsolicited=self._on_mesh_push, is_unsolicited=is_push_frame
-        )
+        self.mesh_links = MeshLinks(self.stack)
         return OwnMeshBackend(
             self.stack,
             self.mesh_links,
@@ -361,6 +361,16 @@ class Agent:
             ncp_version=self.radio_info.ncp_version,
             noise_sample_interval_s=cfg.radio.noise_sample_interval_s,
         )
+
+    def _mesh_meter_at(self, address: str) -> str | None:
+        """The mesh meter whose IPv6 address this is (its interface id is its EUI-64): beside
+        wsbrd, meters' pushes come through the kernel to the push listener."""
+        try:
+            packed = ipaddress.IPv6Address(address.split("%", 1)[0]).packed
+        except ValueError:
+            return None
+        meter = self._mesh_meters.get(eui64_from_address(packed))
+        return None if meter is None else meter.id
 
     def _on_mesh_event(self, event: MeshEvent) -> None:
         """Joins, departures and moves of configured meters, one log line each."""
@@ -473,6 +483,7 @@ class Agent:
                 self.capture.close()
             return EXIT_FAILURE
         self.mesh.add_listener(self._on_mesh_event)
+        self.mesh.on_push(self._on_mesh_push, is_push_frame)
         self.spool = Spool(cfg.spool.path, self.clock, rng=self.rng, max_bytes=cfg.spool.max_bytes)
         if self.with_uplink:
             self.commands = CommandDispatcher(
@@ -518,7 +529,10 @@ class Agent:
         )
         if cfg.collector.push_bind is not None:
             self.push_listener = PushListener(
-                self.pushes.on_push, cfg.meters, quarantine=self.quarantine
+                self.pushes.on_push,
+                cfg.meters,
+                quarantine=self.quarantine,
+                resolve=self._mesh_meter_at,
             )
             try:
                 where = await self.push_listener.start(

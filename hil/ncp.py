@@ -242,6 +242,14 @@ class VirtualNcp:
     def _status(self, tid: int, status: int) -> None:
         self._send(tid, Prop.LAST_STATUS, pack_uint(status))
 
+    def push_from(self, node: bytes, frame: bytes) -> None:
+        """A meter's unsolicited datagram (a DLMS push: last gasp, power restored) up to the
+        host, as the stack forwards it on STREAM_NET."""
+        src, dst = self.network.address(node), self.network.address(self.network.root)
+        udp = ipv6.encode_udp(src, dst, ipv6.UdpDatagram(DLMS_PORT, DLMS_PORT, frame))
+        out = ipv6.encode_ipv6(ipv6.Ipv6Packet(src, dst, ipv6.UDP, udp))
+        self._send(0, ti.PROP_STREAM_NET, pack("dD", out, b""))
+
     def crash(self) -> None:
         """What TI's stack host does on a forbidden read: no answer, a reset, the stack down."""
         self.counters.crashes += 1

@@ -57,9 +57,13 @@ class PushListener:
         meters: Iterable[MeterConfig],
         *,
         quarantine: Quarantine | None = None,
+        resolve: Callable[[str], str | None] | None = None,
     ) -> None:
         self.on_push = on_push
         self.by_address = meters_by_address(meters)
+        # Addresses not configured as IP meters: mesh meters behind an external border
+        # router, found by the address's interface id (the agent knows how).
+        self.resolve = resolve
         self.quarantine = quarantine
         self.unknown = 0
         self._transport: asyncio.DatagramTransport | None = None
@@ -76,6 +80,8 @@ class PushListener:
 
     def datagram(self, address: str, data: bytes) -> None:
         meter_id = self.by_address.get(_normal(address))
+        if meter_id is None and self.resolve is not None:
+            meter_id = self.resolve(address)
         if meter_id is None:
             self.unknown += 1
             log.warning("push from %s, which is no configured meter: quarantined", address)

@@ -125,6 +125,15 @@ class MeshBackend(Protocol):
         """Call ``listener`` for every node that joins, leaves or moves."""
         ...
 
+    def on_push(
+        self, handler: Callable[[bytes, bytes], None], is_push: Callable[[bytes], bool]
+    ) -> None:
+        """Hand datagrams a meter sends on its own (last gasp, power restored: ``is_push``
+        says which) to ``handler(node_eui64, frame)``. The mesh does not parse DLMS; the
+        agent hands in both. (Beside wsbrd they arrive through the kernel instead, at the
+        collector's push listener.)"""
+        ...
+
     async def start(self) -> None:
         """Reach the stack (bus, board) and read its state once; raises
         :class:`MeshBackendError` with the reason when it cannot."""

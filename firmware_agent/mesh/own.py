@@ -71,6 +71,11 @@ class OwnMeshBackend:
     def add_listener(self, listener: Callable[[MeshEvent], None]) -> None:
         self.events.add_listener(listener)
 
+    def on_push(
+        self, handler: Callable[[bytes, bytes], None], is_push: Callable[[bytes], bool]
+    ) -> None:
+        self.links.set_unsolicited(handler, is_push)
+
     async def start(self) -> None:
         """The stack is already running on an open radio."""
 

@@ -556,6 +556,12 @@ class MeshLinks:
         self._is_unsolicited = is_unsolicited
         stack.bind(port, self._deliver)
 
+    def set_unsolicited(
+        self, handler: Callable[[bytes, bytes], None], is_unsolicited: Callable[[bytes], bool]
+    ) -> None:
+        """Where frames a meter sends on its own go (see the class docstring)."""
+        self._on_unsolicited, self._is_unsolicited = handler, is_unsolicited
+
     def link(self, dst_mac: bytes) -> MeshDatagramLink:
         if dst_mac not in self._links:
             self._links[dst_mac] = MeshDatagramLink(self._stack, dst_mac, self._port)

@@ -62,6 +62,7 @@ from firmware_agent.mesh.backend import (
     ParentSync,
     empty_row,
 )
+from firmware_agent.mesh.ipv6 import eui64_from_address
 from firmware_agent.mesh.routes import RoutingTable
 from firmware_agent.mesh.stack import prefix_bytes
 
@@ -382,6 +383,8 @@ class TiNcpBackend:
         self._metrics: dict[bytes, ti.NeighbourMetrics] = {}
         self._set_fields()
         self._replies: dict[tuple[bytes, int], asyncio.Queue[bytes]] = {}
+        self._push_handler: Callable[[bytes, bytes], None] | None = None
+        self._is_push: Callable[[bytes], bool] = lambda frame: False
         self.last_error: str | None = None
 
     def _set_fields(self) -> None:
@@ -439,6 +442,11 @@ class TiNcpBackend:
 
     def add_listener(self, listener: Callable[[MeshEvent], None]) -> None:
         self._listeners.append(listener)
+
+    def on_push(
+        self, handler: Callable[[bytes, bytes], None], is_push: Callable[[bytes], bool]
+    ) -> None:
+        self._push_handler, self._is_push = handler, is_push
 
     async def start(self) -> None:
         link, timeout = (
@@ -715,6 +723,13 @@ class TiNcpBackend:
         except (ti.TiValueError, ipv6.PacketError) as exc:
             self.stats.packets_bad += 1
             log.warning("ti-ncp: bad STREAM_NET packet %s: %s", value[:64].hex(), exc)
+            return
+        if (
+            self._push_handler is not None
+            and datagram.dst_port == self.settings.port
+            and self._is_push(datagram.payload)
+        ):
+            self._push_handler(eui64_from_address(packet.src), datagram.payload)
             return
         queue = self._replies.get((packet.src, datagram.src_port))
         if queue is None or datagram.dst_port != self.settings.port:

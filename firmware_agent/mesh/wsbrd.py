@@ -166,6 +166,12 @@ class WsbrdBackend:
         """The node's IPv6 address in wsbrd's latest RoutingGraph, or None."""
         return self._graph.addresses.get(node)
 
+    def on_push(
+        self, handler: Callable[[bytes, bytes], None], is_push: Callable[[bytes], bool]
+    ) -> None:
+        """Meters' pushes reach the gateway's address through wsbrd's TUN and the kernel, so
+        the collector's push listener (``collector.push_bind``) takes them, not wsbrd."""
+
     def add_listener(self, listener: Callable[[MeshEvent], None]) -> None:
         self._listeners.append(listener)
         self.events.add_listener(listener)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,10 @@ import yaml
 from firmware_agent.agent import Agent
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import load_config
+from firmware_agent.mesh import ipv6
 from hil.broker import Mosquitto, free_port
 from hil.headend import HeadEnd
+from hil.meter.push import PushSource
 from hil.pki import Pki, generate_pki
 
 from .bus import PrivateBus
@@ -45,7 +48,7 @@ def meter_ids(model: WsbrdModel) -> dict[bytes, str]:
 
 
 def write_config(
-    workdir: Path, model: WsbrdModel, bus: str, broker_port: int, diag_port: int
+    workdir: Path, model: WsbrdModel, bus: str, broker_port: int, diag_port: int, push_port: int
 ) -> Path:
     pki, diag = workdir / "pki", workdir / "pki" / "diag"
     doc: dict[str, Any] = {
@@ -62,7 +65,15 @@ def write_config(
             },
         },
         "spool": {"path": str(workdir / "spool.sqlite")},
-        "collector": {"interval_s": 5, "jitter_s": 1, "profile_rows": 2, "timeout_s": 3},
+        # Pushes (last gasp) reach the gateway's address through wsbrd's TUN and the kernel.
+        "collector": {
+            "interval_s": 5,
+            "jitter_s": 1,
+            "profile_rows": 2,
+            "timeout_s": 3,
+            "push_bind": "::",
+            "push_port": push_port,
+        },
         "meters": [
             {"id": mid, "transport": "mesh", "address": eui.hex(":")}
             for eui, mid in meter_ids(model).items()
@@ -143,8 +154,10 @@ async def lab(workdir: Path, model: WsbrdModel, move: tuple[bytes, bytes] | None
     ):
         service = await serve_wsbrd(bus.address, model)
         meters = await serve_meters(model, 4059)
-        diag_port = free_port()
-        config = load_config(write_config(workdir, model, bus.address, broker.port, diag_port))
+        diag_port, push_port = free_port(), free_port()
+        config = load_config(
+            write_config(workdir, model, bus.address, broker.port, diag_port, push_port)
+        )
         agent = Agent(config, SystemClock())
         run = asyncio.create_task(agent.run())
         try:
@@ -189,6 +202,18 @@ async def lab(workdir: Path, model: WsbrdModel, move: tuple[bytes, bytes] | None
                 out["view_mesh_after_move"] = await hes_diag(
                     diag, diag_port, "view-mesh", "--meter-id", mid
                 )
+            # A last gasp from the meter at a2, sent from its mesh address to the gateway's.
+            gasper = next(eui for eui, mid in ids.items() if mid == "MTR-0002")
+            alarms_before = agent.snapshot().alarms_total
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+                sender.bind((ipv6.format_address(model.address_of(gasper)), 0))
+                gasp = PushSource("MTR-0002").last_gasp(time.time())
+                sender.sendto(gasp, (ipv6.format_address(model.root_address), push_port))
+            out["alarm_counted"] = await wait_for(
+                lambda: agent.snapshot().alarms_total > alarms_before, 10.0
+            )
+            listener = agent.push_listener
+            out["pushes_from_unknown"] = None if listener is None else listener.unknown
             out["dtsn_before_stop"] = model.dtsn
         finally:
             agent.stop()

@@ -18,6 +18,7 @@ import pytest
 
 from drivers.pty_spawn import SpawnedRcpTransport
 from drivers.spinel import Status
+from firmware_agent.agent import is_push_frame
 from firmware_agent.clock import SystemClock
 from firmware_agent.collector.link import LinkTimeout
 from firmware_agent.collector.reader import read_meter
@@ -40,6 +41,7 @@ from firmware_agent.mesh.backend import (
     MeshEvent,
 )
 from firmware_agent.mesh.ti_ncp import TiNcpBackend
+from hil.meter.push import PushSource
 from hil.ncp import EmulatedNetwork, VirtualNcp, build_network, serve_pty
 from hil.waiting import eventually
 
@@ -326,6 +328,26 @@ def test_a_meter_read_over_stream_net_with_guruxs_client() -> None:
 
     run(main())
     assert ncp.counters.violations == 0
+
+
+def test_a_meters_push_over_stream_net_reaches_the_push_handler() -> None:
+    """A last gasp arrives unasked: it goes to the agent's push handler with the node's
+    EUI-64, not to a request queue, and other unsolicited datagrams are still dropped."""
+    net = network()
+    ncp = VirtualNcp(net, SystemClock(), stack_up_after_s=0.0, guard_gap_s=GAP)
+    node = next(iter(net.parents))
+    gasp = PushSource("MTR-1").last_gasp(1_700_000_000.0)
+    pushes: list[tuple[bytes, bytes]] = []
+
+    async def main() -> None:
+        async with started(ncp) as backend:
+            backend.on_push(lambda src, frame: pushes.append((src, frame)), is_push_frame)
+            ncp.push_from(node, gasp)
+            ncp.push_from(node, b"\x00\x01\x00\x01\x00\x10\x00\x01\x00")  # not a push
+            await eventually(lambda: backend.stats.packets_unmatched >= 1, 5, "the other one")
+
+    run(main())
+    assert pushes == [(node, gasp)]
 
 
 def test_malformed_values_are_typed_errors_and_the_poll_loop_survives() -> None:

@@ -104,3 +104,10 @@ def test_the_technicians_table_names_what_wsbrd_does_not_supply(lab: dict[str, A
     text = lab["view_mesh_text"]
     assert "valid path(s) to meter MTR-0003" in text
     assert "wsbrd backend — etx: not available from this backend" in " ".join(text.split())
+
+
+def test_a_last_gasp_through_the_kernel_is_the_meters_alarm(lab: dict[str, Any]) -> None:
+    """Beside wsbrd a push arrives at the gateway's address from the meter's mesh address;
+    the push listener knows the meter by the address's interface id (its EUI-64)."""
+    assert lab["alarm_counted"] is True
+    assert lab["pushes_from_unknown"] == 0
