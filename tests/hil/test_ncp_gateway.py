@@ -65,7 +65,7 @@ def test_meters_behind_a_ti_ncp_are_read_and_the_routing_view_is_the_ncps(
             delivered = lambda: {r["device_id"] for r in headend.records()}  # noqa: E731
             await eventually(lambda: delivered() >= set(ids.values()) or run.done(), 90, "reads")
             assert not run.done(), "the agent stopped"
-            assert delivered() == set(ids.values())
+            assert set(ids.values()) <= delivered()  # the session's head end hears others too
             source = AgentDiagSource(agent)
             mesh = source.mesh_backend()
             assert mesh["backend"] == "ti-ncp"
