@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt
 
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import TlsConfig, UplinkConfig
-from firmware_agent.spool import Priority, Spool, SpoolRecord, encode_body
+from firmware_agent.spool import PackedBatch, Priority, Spool, SpoolRecord, encode_body
 from firmware_agent.uplink import payloads
 from firmware_agent.uplink.mqtt import Uplink
 from firmware_agent.uplink.tls import build_ssl_context
@@ -162,8 +162,13 @@ class TimedSpool(Spool):
             self.first_read = time.perf_counter()
         return super().next_batch(max_records, max_bytes)
 
-    def ack(self, ids: Iterable[str]) -> int:
-        n = super().ack(ids)
+    def next_packed(self, max_records: int, max_bytes: int) -> PackedBatch | None:
+        if not self.first_read:
+            self.first_read = time.perf_counter()
+        return super().next_packed(max_records, max_bytes)
+
+    def ack(self, ids: Iterable[str] = (), spans: Iterable[tuple[int, int]] = ()) -> int:
+        n = super().ack(ids, spans)
         if n and not self.depth():
             self.emptied_at = time.perf_counter()
             self.emptied.set()

@@ -296,6 +296,8 @@ class UplinkTuning:
     backoff: Backoff = field(default_factory=Backoff)
     max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES
     poll_interval_s: float = 1.0  # re-check the spool (and paho's thread) even without a wake-up
+    ack_batch_records: int = 20_000  # delete acknowledged records in groups this large ...
+    ack_max_delay_s: float = 0.5  # ... or this old (at once when nothing is in flight)
     stall_timeout_s: float = 60.0  # in-flight messages with no PUBACK this long: loop stalled
     command_timeout_s: float = 300.0  # a handler taking longer gets a handler-timeout reply
     max_concurrent_commands: int = 16
@@ -332,10 +334,15 @@ class UplinkStats:
 
 @dataclass
 class _Batch:
-    ids: list[str]
+    ids: list[str]  # records handed out one by one (next_batch)
     message_id: str
     n_bytes: int
     event: bool = False
+    span: tuple[int, int] | None = None  # records handed out as a range (next_packed)
+    records: int = 0
+
+    def spans(self) -> list[tuple[int, int]]:
+        return [] if self.span is None else [self.span]
 
 
 @dataclass
@@ -418,6 +425,9 @@ class Uplink:
         # Acknowledged records wait here for one grouped delete per wake-up instead of one
         # fsync'd transaction per PUBACK. Lost by a crash, they are sent again: at-least-once.
         self._acked: list[str] = []
+        self._acked_spans: list[tuple[int, int]] = []
+        self._acked_records = 0
+        self._acked_since = 0.0  # loop time of the oldest acknowledgement not yet deleted
         self._connect_attempts = 0
         self._connections = 0
         self._tls_version = ""
@@ -447,7 +457,7 @@ class Uplink:
             published_records=self._published_records,
             published_messages=self._published_messages,
             inflight=len(inflight),
-            inflight_records=sum(len(b.ids) for b in inflight.values()),
+            inflight_records=sum(b.records for b in inflight.values()),
             connect_attempts=self._connect_attempts,
             connections=self._connections,
             tls_version=self._tls_version,
@@ -697,9 +707,10 @@ class Uplink:
 
     def _release(self, session: _Session) -> None:
         ids = [i for b in session.inflight.values() for i in b.ids]
+        spans = [sp for b in session.inflight.values() for sp in b.spans()]
         session.inflight.clear()
-        if ids:
-            self._spool.release(ids)
+        if ids or spans:
+            self._spool.release(ids, spans)
 
     async def _pump(self, session: _Session) -> None:
         """Keep the in-flight window full while connected."""
@@ -711,7 +722,7 @@ class Uplink:
             if await self._supervise(session):
                 return
             self._wake.clear()
-            self._flush_acks()
+            self._flush_acks(session)
             self._send_responses(session)
             self._fill_window(session)
             with contextlib.suppress(TimeoutError):
@@ -766,10 +777,24 @@ class Uplink:
             session.responses_sent.add(token)
             session.response_mids[info.mid] = token
 
-    def _flush_acks(self) -> None:
-        if self._acked:
-            self._spool.ack(self._acked)
-            self._acked = []
+    def _flush_acks(self, session: _Session | None = None) -> None:
+        """Delete acknowledged records: at once when nothing is in flight any more (or without
+        a session: teardown), otherwise once ``ack_batch_records`` have gathered or the oldest
+        is ``ack_max_delay_s`` old. Why: a delete costs about one natural-key index page per
+        record, shared by the records of one transaction (measured: 7.9 us/record in groups of
+        1,000, 1.6 in groups of 20,000). Until then the records stay marked in flight; after a
+        crash they are sent again (at-least-once, deduplicated by natural key)."""
+        if not self._acked_records:
+            return
+        if session is not None and session.inflight and not session.closed:
+            assert self._loop is not None
+            young = self._loop.time() - self._acked_since < self.tuning.ack_max_delay_s
+            if young and self._acked_records < self.tuning.ack_batch_records:
+                return
+        self._spool.ack(self._acked, self._acked_spans)
+        self._acked = []
+        self._acked_spans = []
+        self._acked_records = 0
 
     def _fill_window(self, session: _Session) -> None:
         window = min(self.cfg.max_inflight, session.receive_maximum)
@@ -779,6 +804,8 @@ class Uplink:
             n //= 2  # leave at least half of the message for record bodies
         budget = cap - payloads.envelope_overhead(self.gateway_id, n)
         while len(session.inflight) < window and not session.closed:
+            if self._publish_packed(session, n, max(budget, 1)):
+                continue
             batch = self._spool.next_batch(n, max(budget, 1))
             if not batch:
                 return
@@ -800,7 +827,37 @@ class Uplink:
                     "uplink: publish not accepted by paho (%s); waiting", paho.error_string(info.rc)
                 )
                 return
-            session.inflight[info.mid] = _Batch(ids, message_id, len(data))
+            session.inflight[info.mid] = _Batch(ids, message_id, len(data), records=len(ids))
+
+    def _publish_packed(self, session: _Session, n: int, budget: int) -> bool:
+        """Publish the next batch as the spool encodes it (one query, no per-record Python);
+        False when the spool declines (``Spool.next_packed``) or paho refused."""
+        packed = self._spool.next_packed(n, budget)
+        if packed is None:
+            return False
+        message_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+        try:
+            data = payloads.encode_packed(
+                self.gateway_id,
+                packed,
+                message_id=message_id,
+                sent_at=self._clock.now(),
+                max_bytes=self.tuning.max_message_bytes,
+            )
+        except payloads.MessageTooLarge:
+            self._spool.release(spans=[packed.span])  # next_batch halves it
+            return False
+        info = session.client.publish(self.readings_topic, data, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._spool.release(spans=[packed.span])
+            log.info(
+                "uplink: publish not accepted by paho (%s); waiting", paho.error_string(info.rc)
+            )
+            return False
+        session.inflight[info.mid] = _Batch(
+            [], message_id, len(data), span=packed.span, records=packed.count
+        )
+        return True
 
     def _publish_events(
         self, session: _Session, batch: list[SpoolRecord], window: int
@@ -830,7 +887,7 @@ class Uplink:
                 self._spool.release([rec.record_id])
                 return None
             session.inflight[info.mid] = _Batch(
-                [rec.record_id], rec.record_id, len(event.payload), event=True
+                [rec.record_id], rec.record_id, len(event.payload), event=True, records=1
             )
         return readings
 
@@ -984,7 +1041,7 @@ class Uplink:
         if batch is None:
             return
         if rc.is_failure:
-            self._spool.release(batch.ids)
+            self._spool.release(batch.ids, batch.spans())
             self._record_error(
                 PublishRefused(
                     f"{self._where} refused message {batch.message_id} on {self.readings_topic}: "
@@ -995,11 +1052,15 @@ class Uplink:
             s.user_disconnect = True  # back off before trying again
             s.client.disconnect()
         else:
+            if not self._acked_records and self._loop is not None:
+                self._acked_since = self._loop.time()
             self._acked.extend(batch.ids)
+            self._acked_spans.extend(batch.spans())
+            self._acked_records += batch.records
             if batch.event:
                 self._events_published += 1
             else:
-                self._published_records += len(batch.ids)
+                self._published_records += batch.records
             self._published_messages += 1
         if self._wake is not None:
             self._wake.set()

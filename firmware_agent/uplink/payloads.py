@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_agent.spool import RESERVED_FIELDS, Priority, SpoolRecord
+from firmware_agent.spool import RESERVED_FIELDS, PackedBatch, Priority, SpoolRecord
+from firmware_agent.spool import iso_utc as _spool_iso_utc
 
 READINGS_SCHEMA = "readings/1"
 STATUS_SCHEMA = "status/1"
@@ -92,8 +93,9 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
 
 # -- time -------------------------------------------------------------------------------------
 def iso_utc(t: float) -> str:
-    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. 2023-11-14T22:13:20.000Z."""
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. 2023-11-14T22:13:20.000Z (the
+    spool's own function: it writes spooled_at into the records' stored heads)."""
+    return _spool_iso_utc(t)
 
 
 def parse_iso_utc(where: str, value: object) -> float:
@@ -117,15 +119,21 @@ class ReadingsMessage:
     records: tuple[dict[str, Any], ...]  # each with record_id, natural_key, priority, spooled_at
 
 
+# Built once (json.dumps with arguments builds an encoder per call): options only, no state.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+_quote = json.encoder.encode_basestring  # a str as JSON, as _ENCODER writes it
+
+
 def _dump(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def record_entry_json(rec: SpoolRecord, spooled_at: str) -> str:
     """One record of a message as JSON text: the envelope fields, then the stored body's members
-    spliced in as they are (the spool refuses bodies that use the envelope's field names)."""
+    spliced in as they are (the spool refuses bodies that use the envelope's field names).
+    Byte for byte what the spool stores as a record's head (``Spool.next_packed``)."""
     head = (
-        f'{{"record_id":{_dump(rec.record_id)},"natural_key":{_dump(rec.natural_key)},'
+        f'{{"record_id":{_quote(rec.record_id)},"natural_key":{_quote(rec.natural_key)},'
         f'"priority":"{PRIORITY_NAMES[rec.priority]}","spooled_at":"{spooled_at}"'
     )
     return head + ("}" if rec.body == "{}" else "," + rec.body[1:])
@@ -159,6 +167,29 @@ def encode_readings(
             stamp = stamps[rec.created_at] = iso_utc(rec.created_at)
         entries.append(record_entry_json(rec, stamp))
     data = (envelope[:-1] + ',"records":[' + ",".join(entries) + "]}").encode()
+    if len(data) > max_bytes:
+        raise MessageTooLarge(len(data), max_bytes)
+    return data
+
+
+def encode_packed(
+    gateway_id: str,
+    packed: PackedBatch,
+    *,
+    message_id: str,
+    sent_at: float,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> bytes:
+    """The readings message of a batch the spool encoded itself (``Spool.next_packed``): the
+    same bytes ``encode_readings`` makes of those records, without per-record work here."""
+    check_topic_level("gateway_id", gateway_id)
+    if packed.count < 1:
+        raise PayloadError("records", "a readings message carries at least one record")
+    envelope = (
+        f'{{"schema":"{READINGS_SCHEMA}","message_id":{_quote(message_id)},'
+        f'"gateway_id":{_quote(gateway_id)},"sent_at":"{iso_utc(sent_at)}","records":['
+    ).encode()
+    data = b"".join((envelope, packed.entries, b"]}"))
     if len(data) > max_bytes:
         raise MessageTooLarge(len(data), max_bytes)
     return data

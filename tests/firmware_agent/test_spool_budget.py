@@ -42,7 +42,8 @@ def test_interval_backlog_over_budget_ages_oldest_and_stays_on_disk_budget(
     st = spool.stats()
     aged = st.aged_out["interval"]
     assert aged > 6000 and st.depth + aged == n == st.added
-    assert st.depth > 1000  # the budget is used, not just emptied
+    # the budget is used, not just emptied (~300-byte readings plus their stored envelope heads)
+    assert st.depth > 800
     assert keys(spool) == [rec(i)[1] for i in range(n - st.depth, n)]  # the newest survive
     assert peak > 0.8 * MIB  # the budget is measured honestly, not with a wide margin
     assert spool.integrity_check() == "ok"
