@@ -56,6 +56,7 @@ class FaultCommand:
     on: bool | None = None
     db: float | None = None
     count: int | None = None
+    peer: str | None = None  # fade: the link's other end, a meter (None: the gateway's radio)
 
 
 def _field(doc: dict[str, Any], key: str, kind: type, op: str) -> Any:
@@ -86,7 +87,8 @@ def parse_command(line: bytes) -> FaultCommand:
         db = _field(doc, "db", float, op)
         if not 0.0 <= db <= 200.0:
             raise FaultError(f"fault 'fade': db must be within 0..200, got {db}")
-        return FaultCommand(op, meter=_field(doc, "meter", str, op), db=db)
+        peer = _field(doc, "peer", str, op) if doc.get("peer") is not None else None
+        return FaultCommand(op, meter=_field(doc, "meter", str, op), db=db, peer=peer)
     if op == "interferer":
         return FaultCommand(op, on=_field(doc, "on", bool, op))
     if op == "garbage":
@@ -127,7 +129,8 @@ class FaultWorld:
             self._meter(command.meter).node.set_power(bool(command.on))
         elif command.op == "fade":
             meter = self._meter(command.meter)
-            self.medium.set_link_fade(self.rcp, meter.node, float(command.db or 0.0))
+            other = self.rcp if command.peer is None else self._meter(command.peer).node
+            self.medium.set_link_fade(other, meter.node, float(command.db or 0.0))
         elif command.op == "interferer":
             self._switch_interferer(bool(command.on))
         elif command.op == "reset":
@@ -197,7 +200,7 @@ class TargetFaults(Protocol):
     """What a test may do to its target's world. Unavailable faults raise FaultUnsupported."""
 
     def power(self, meter_id: str, on: bool) -> None: ...
-    def fade(self, meter_id: str, db: float) -> None: ...
+    def fade(self, meter_id: str, db: float, peer: str | None = None) -> None: ...
     def interferer(self, on: bool) -> None: ...
     def reset_radio(self) -> None: ...
     def serial_garbage(self, count: int) -> None: ...
@@ -238,8 +241,9 @@ class EmulatedFaults:
     def power(self, meter_id: str, on: bool) -> None:
         self._send(FaultCommand("power", meter=meter_id, on=on))
 
-    def fade(self, meter_id: str, db: float) -> None:
-        self._send(FaultCommand("fade", meter=meter_id, db=float(db)))
+    def fade(self, meter_id: str, db: float, peer: str | None = None) -> None:
+        """Extra loss on the link of ``meter_id`` with the gateway's radio (or with ``peer``)."""
+        self._send(FaultCommand("fade", meter=meter_id, db=float(db), peer=peer))
 
     def interferer(self, on: bool) -> None:
         self._send(FaultCommand("interferer", on=on))
@@ -280,7 +284,7 @@ class BoardFaults:
         if done.returncode != 0:
             raise FaultError(f"power command {argv} exited {done.returncode}: {done.stderr[-500:]}")
 
-    def fade(self, meter_id: str, db: float) -> None:
+    def fade(self, meter_id: str, db: float, peer: str | None = None) -> None:
         raise self._unsupported("fade a link over the air")
 
     def interferer(self, on: bool) -> None:

@@ -57,6 +57,7 @@ def test_requests_round_trip() -> None:
     for command in (
         FaultCommand("power", meter="M", on=False),
         FaultCommand("fade", meter="M", db=12.5),
+        FaultCommand("fade", meter="M", db=3.0, peer="N"),
         FaultCommand("interferer", on=True),
         FaultCommand("reset"),
         FaultCommand("garbage", count=300),
@@ -85,6 +86,9 @@ def test_the_control_socket_changes_the_emulated_world() -> None:
                 assert medium.link_fade(rcp, b.node) == pytest.approx(20.0)
                 await asyncio.to_thread(faults.fade, "MTR-B", 0.0)
                 assert medium.link_fade(rcp, b.node) == 0.0
+                await asyncio.to_thread(faults.fade, "MTR-B", 7.0, "MTR-A")  # meter to meter
+                assert medium.link_fade(a.node, b.node) == pytest.approx(7.0)
+                assert medium.link_fade(rcp, b.node) == 0.0
                 await asyncio.to_thread(faults.power, "MTR-A", False)
                 await eventually(lambda: not medium.is_powered(a.node), 5, "MTR-A dark")
                 assert medium.is_powered(b.node)
@@ -103,7 +107,7 @@ def test_the_control_socket_changes_the_emulated_world() -> None:
                 await asyncio.to_thread(faults.unplug, 1.0)
                 assert unplugged == [True]
                 assert [c.op for c in world.applied] == [
-                    "ping", "fade", "fade", "power", "power", "reset", "interferer",
+                    "ping", "fade", "fade", "fade", "power", "power", "reset", "interferer",
                     "interferer", "garbage", "unplug",
                 ]  # fmt: skip
                 with pytest.raises(FaultError, match="no emulated meter 'MTR-Z'; have MTR-A"):
