@@ -187,19 +187,21 @@ def test_firmware_push_keeps_to_its_byte_rate(gateway: Gateway, record_property:
     from hil.meter.image import seal  # the emulated meters' image format (a bench: vendor's)
 
     meter = _leaf(gateway, direct=True)  # nothing else through it while it takes the image
-    data = seal(os.urandom(1500))
     rate = 1000.0
-    body = {"meter_ids": [meter], "image_id": "FW-ACC-2", "bytes_per_s": rate,
-            "image": {"base64": base64.b64encode(data).decode()}}  # fmt: skip
-    # A meter that misses a block past the collector's retries fails the push (the answer
-    # says which and why); the head end then pushes again, as the test does once.
-    for attempt in (1, 2):
+    # A push can fail on a reply meant for the collector's own interval read of the same meter
+    # (a known collector race: a late reply of one session, e.g. its RLRE, is taken by the
+    # next); the head end then pushes again, as this test does (at most 3 tries, recorded),
+    # each time a fresh image: a meter keeps the blocks it has and would skip them.
+    for attempt in (1, 2, 3):
+        data = seal(os.urandom(1500))
+        body = {"meter_ids": [meter], "image_id": f"FW-ACC-{attempt}", "bytes_per_s": rate,
+                "image": {"base64": base64.b64encode(data).decode()}}  # fmt: skip
         started = time.monotonic()
         answer = gateway.command("firmware-push", body, timeout=120)
         took = time.monotonic() - started
-        if answer["status"] == "ok" or attempt == 2:
+        if answer["status"] == "ok" or attempt == 3:
             break
-        record_property("firmware_push_failed_first", json.dumps(answer["result"]["meters"]))
+        record_property(f"firmware_push_failed:{attempt}", json.dumps(answer["result"]["meters"]))
     record_property("firmware_push_s", round(took, 2))
     record_property("firmware_push_attempts", attempt)
     assert answer["status"] == "ok", (meter, answer.get("result", {}).get("meters", answer))
