@@ -37,6 +37,12 @@ episode: one WARNING with the figures, and ``SpoolStats.queue_depth_exceeded`` u
 back under 90 % of the budget. Freed pages are reused by SQLite; once the backlog has drained,
 ``incremental_vacuum`` gives them back to the file system in bounded steps.
 
+Uplink fast path (schema 3). Each record's envelope head for the readings message is stored
+pre-encoded at add time; ``next_packed`` concatenates a batch of interval reads into the message's
+records array in one query and marks it in flight as one exact seq range, which ``ack`` and
+``release`` take back as a range (docs/spool.md). Acknowledged records are deleted in groups by
+the uplink; until then they stay marked in flight (``in_flight()`` counts them).
+
 All methods must be called from one thread (the agent's asyncio thread): the connection keeps
 SQLite's same-thread check on.
 """
@@ -924,6 +930,8 @@ class Spool:
         return sum(self._counts.values())
 
     def in_flight(self) -> int:
+        """Records marked in flight: in unacknowledged messages, or acknowledged and waiting
+        for the uplink's grouped delete."""
         row = self._db.execute("SELECT COUNT(*) FROM temp.inflight").fetchone()
         return int(row[0])
 
