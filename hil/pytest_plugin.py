@@ -290,7 +290,9 @@ class Gateway:
             time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
+# Module scope: the suite's agent ends with its module, so it does not keep publishing to the
+# session's broker while later tests count what their own gateways delivered.
+@pytest.fixture(scope="module")
 def gateway(
     hil_env: HilEnv,
     hil_pki: Pki,
@@ -299,8 +301,8 @@ def gateway(
     fault_socket: Path | None,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Gateway]:
-    """One agent process for the session, with the diag API on loopback for a technician's
-    certificate, and the head end's subscriber; both live as long as the agent."""
+    """One agent process for the acceptance module, with the diag API on loopback for a
+    technician's certificate, and the head end's subscriber; both live as long as the agent."""
     from firmware_agent.diag.client import Target
     from hil.agent_process import AgentProcess
     from hil.broker import free_port
@@ -339,7 +341,8 @@ def gateway(
         hil_env.gateway_id, f"https://127.0.0.1:{port}", diag_pki.ca_cert, technician.cert,
         technician.key,
     )  # fmt: skip
-    with HeadEnd(broker.host, broker.port, hil_pki) as headend:
+    # Its own client id: two subscribers with one id would take the connection from each other.
+    with HeadEnd(broker.host, broker.port, hil_pki, client_id="headend-rig") as headend:
         agent = AgentProcess(config, work / "agent.log")
         try:
             gw = Gateway(

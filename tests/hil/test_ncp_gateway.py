@@ -91,5 +91,5 @@ def test_meters_behind_a_ti_ncp_are_read_and_the_routing_view_is_the_ncps(
             agent.stop()
             assert await asyncio.wait_for(run, 60) == 0
 
-    with HeadEnd(broker.host, broker.port, hil_pki) as headend:
+    with HeadEnd(broker.host, broker.port, hil_pki, client_id="headend-ncp") as headend:
         asyncio.run(asyncio.wait_for(scenario(headend), 150))

@@ -105,7 +105,7 @@ def test_transport_garbage_is_answered_or_counted_and_never_fatal(
         if req.name == "slow":
             await release.wait()
         if req.name == "sleepy":
-            await asyncio.sleep(10)
+            await asyncio.sleep(60)
         return await echo(req)
 
     tuning = UplinkTuning(
@@ -113,7 +113,9 @@ def test_transport_garbage_is_answered_or_counted_and_never_fatal(
         poll_interval_s=0.2,
         max_request_bytes=1000,
         max_concurrent_commands=2,
-        command_timeout_s=0.5,
+        # Long enough that the two slow handlers are still waiting when the busy replies are
+        # in and they are released, even on a loaded machine; sleepy-2 outlives it.
+        command_timeout_s=4.0,
     )
     uplink = Uplink(
         make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=tuning, command_handler=handler
