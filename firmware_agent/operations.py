@@ -72,7 +72,7 @@ class AgentOperations:
     def meter_status(self, meter_id: str) -> outage.MeterState:
         status = self._collector().status[meter_id]
         power = outage.power_state(
-            self._last_gasp.get(meter_id), self._restored.get(meter_id), status.last_success
+            self._last_gasp.get(meter_id), self._restored.get(meter_id), status.last_success_started
         )
         return outage.MeterState(
             meter_id, status.state, status.last_success, power, status.last_error

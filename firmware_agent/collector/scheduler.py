@@ -171,6 +171,9 @@ class MeterStatus:
     readings: int = 0
     last_attempt: float | None = None
     last_success: float | None = None
+    # When the last good read began: the meter is known powered from then on (a reply sent
+    # before a last gasp can arrive after it, so the end of the read proves less).
+    last_success_started: float | None = None
     last_error: str | None = None
     last_error_name: str | None = None  # DLMS name, "MAC Fail", "Malformed Payload", "timeout"
     last_duration_s: float | None = None
@@ -476,6 +479,7 @@ class Collector:
         status.reads_ok += 1
         status.readings += len(items)
         status.last_success = now
+        status.last_success_started = status.last_attempt
         status.last_error = None
         status.last_error_name = None
         status.consecutive_failures = 0

@@ -89,3 +89,50 @@ def test_bad_meters_never_stall_a_good_one(tmp_path: Path) -> None:
     assert len({r.natural_key for r in pending}) == len(pending)
     assert collector.readings_total >= len(pending)
     spool.close()
+
+
+class SlowLink:
+    """A link whose replies take ``delay`` s, like a deep mesh path (a real UDP meter behind)."""
+
+    def __init__(self, inner: MeterLink, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+
+    async def request(self, frame: bytes, timeout: float) -> bytes:
+        reply = await self.inner.request(frame, timeout)
+        await asyncio.sleep(self.delay)
+        return reply
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def test_a_read_that_began_before_a_last_gasp_does_not_say_the_meter_is_on(
+    tmp_path: Path,
+) -> None:
+    """The OMS asks whether a meter is dark: a read that was under way when its last gasp
+    arrived proves nothing about after the gasp, even if its last reply came later."""
+    from firmware_agent.uplink.outage import POWER_OFF, POWER_ON, power_state
+
+    async def main() -> tuple[float, float, float]:
+        clock = SystemClock()
+        svc = await serve_udp({1: MeterServer(MeterModel("M", random.Random(1)), clock)})
+        meter = MeterConfig("M", "udp", "127.0.0.1", port=svc.port)
+        link = SlowLink(UdpMeterLink("127.0.0.1", svc.port), 0.1)
+        spool = Spool(tmp_path / "spool.sqlite", clock)
+        cfg = CollectorConfig(interval_s=60, jitter_s=0, profile_rows=1, timeout_s=2, retries=0)
+        collector = Collector((meter,), lambda m: link, spool, clock, cfg, random.Random(3))
+        reading = asyncio.create_task(collector.read_once(meter))
+        await asyncio.sleep(0.15)  # mid-read: the meter's last gasp arrives now
+        gasp_at = clock.now()
+        assert await reading > 0
+        await link.close()
+        svc.close()
+        spool.close()
+        st = collector.status["M"]
+        assert st.last_success is not None and st.last_success_started is not None
+        return gasp_at, st.last_success_started, st.last_success
+
+    gasp_at, started, ended = asyncio.run(main())
+    assert started < gasp_at < ended
+    assert power_state(gasp_at, None, started) == POWER_OFF
+    assert power_state(gasp_at, None, ended) == POWER_ON  # what the end of the read would say
