@@ -11,7 +11,7 @@ in :attr:`NcpCounters.violations` and answered with a crash (no reply, then a RE
 notification, the stack down). Tests assert the backend never causes one.
 
 Sans-IO like :class:`hil.rcp.VirtualRcp` (``feed`` HDLC bytes in, ``take_output`` bytes out);
-:func:`serve_pty` is the PTY edge and ``python -m hil.ncp --pty`` prints the PTY path as its
+:func:`hil.rcp.serve_pty` is the PTY edge and ``python -m hil.ncp --pty`` prints the PTY path as its
 first stdout line, the spawn protocol of ``spinel+pty://``.
 """
 
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import signal
 import sys
-import tty
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ from firmware_agent.mesh.stack import prefix_bytes
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
 from hil.meter.router import MeterRouter
+from hil.rcp import serve_pty
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +150,7 @@ class NcpCounters:
     packets_from_host: int = 0
     packets_to_meters: int = 0
     packets_dropped: int = 0
+    output_dropped_bytes: int = 0  # the host stopped reading (the PTY edge dropped them)
 
     @property
     def violations(self) -> int:
@@ -208,6 +208,9 @@ class VirtualNcp:
 
     def set_output_listener(self, listener: Callable[[], None] | None) -> None:
         self._listener = listener
+
+    def output_dropped(self, count: int) -> None:
+        self.counters.output_dropped_bytes += count
 
     def take_output(self) -> bytes:
         out = b"".join(hdlc_encode(frame) for frame in self._out)
@@ -428,66 +431,6 @@ class VirtualNcp:
 # --- I/O edge ---------------------------------------------------------------------------------
 
 
-async def serve_pty(ncp: VirtualNcp, on_ready: Callable[[str], None]) -> None:
-    """Serve ``ncp`` on a new raw PTY until cancelled; ``on_ready`` gets the slave path (we
-    keep the slave open so the host may close and reopen the port, as with a USB board)."""
-    loop = asyncio.get_running_loop()
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    path = os.ttyname(slave)
-    pending = bytearray()
-    writing = False
-
-    def flush() -> None:
-        nonlocal writing
-        while pending:
-            try:
-                written = os.write(master, pending)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                log.warning("virtual NCP: write to %s failed: %s", path, exc)
-                pending.clear()
-                break
-            del pending[:written]
-        if pending and not writing:
-            loop.add_writer(master, flush)
-            writing = True
-        elif not pending and writing:
-            loop.remove_writer(master)
-            writing = False
-
-    def on_output() -> None:
-        pending.extend(ncp.take_output())
-        flush()
-
-    def on_readable() -> None:
-        try:
-            data = os.read(master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            log.warning("virtual NCP: read from %s failed: %s", path, exc)
-            return
-        ncp.feed(data)
-
-    ncp.set_output_listener(on_output)
-    loop.add_reader(master, on_readable)
-    try:
-        on_output()
-        on_ready(path)
-        await asyncio.Future()
-    finally:
-        loop.remove_reader(master)
-        if writing:
-            loop.remove_writer(master)
-        ncp.set_output_listener(None)
-        for fd in (master, slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hil.ncp", description="serve a virtual TI Wi-SUN NCP on a PTY"
@@ -540,7 +483,7 @@ async def serve(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         log.info("virtual NCP %s serving on %s", network.root.hex(), path)
 
-    server = asyncio.create_task(serve_pty(ncp, ready), name="ncp-pty")
+    server = asyncio.create_task(serve_pty(ncp, ready, name="virtual NCP"), name="ncp-pty")
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.cancel)
     watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"

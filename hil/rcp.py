@@ -23,6 +23,7 @@ import tty
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from drivers.hdlc import HdlcDecoder, HdlcError, hdlc_encode
 from drivers.spinel import (
@@ -263,6 +264,9 @@ class VirtualRcp:
         item = self._out.popleft()
         self._out_bytes -= len(item)
         return item
+
+    def output_dropped(self, count: int) -> None:
+        self.counters.output_dropped_bytes += count
 
     def take_output(self) -> bytes:
         """Everything queued, as HDLC-lite bytes (raw injections go out as they are)."""
@@ -605,8 +609,24 @@ def _as_int(value: Value) -> int:
 # --- I/O edge: serve on a PTY --------------------------------------------------------------------
 
 
-async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
-    """Serve ``rcp`` on a new PTY (raw mode) until cancelled; ``on_ready`` gets the slave path.
+class ByteDevice(Protocol):
+    """What :func:`serve_pty` serves: a sans-IO device with bytes in and bytes out (the virtual
+    RCP, the virtual TI NCP)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def take_output(self) -> bytes: ...
+
+    def set_output_listener(self, listener: Callable[[], None] | None) -> None: ...
+
+    def output_dropped(self, count: int) -> None:
+        """``count`` bytes of output were dropped: the host stopped reading."""
+
+
+async def serve_pty(
+    device: ByteDevice, on_ready: Callable[[str], None], *, name: str = "virtual RCP"
+) -> None:
+    """Serve ``device`` on a new PTY (raw mode) until cancelled; ``on_ready`` gets the slave path.
 
     We keep the slave end open ourselves so hosts can close and reopen the port without the
     master seeing a hang-up, as with a real board's USB-serial port."""
@@ -626,7 +646,7 @@ async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                log.warning("virtual RCP: write to %s failed: %s", path, exc)
+                log.warning("%s: write to %s failed: %s", name, path, exc)
                 pending.clear()
                 break
             del pending[:written]
@@ -638,11 +658,11 @@ async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
             writing = False
 
     def on_output() -> None:
-        pending.extend(rcp.take_output())
+        pending.extend(device.take_output())
         if len(pending) > OUTPUT_LIMIT:
             excess = len(pending) - OUTPUT_LIMIT
             del pending[:excess]
-            rcp.counters.output_dropped_bytes += excess
+            device.output_dropped(excess)
         flush()
 
     def on_readable() -> None:
@@ -651,11 +671,11 @@ async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            log.warning("virtual RCP: read from %s failed: %s", path, exc)
+            log.warning("%s: read from %s failed: %s", name, path, exc)
             return
-        rcp.feed(data)
+        device.feed(data)
 
-    rcp.set_output_listener(on_output)
+    device.set_output_listener(on_output)
     loop.add_reader(master, on_readable)
     try:
         on_output()  # anything queued before we were serving
@@ -665,7 +685,7 @@ async def serve_pty(rcp: VirtualRcp, on_ready: Callable[[str], None]) -> None:
         loop.remove_reader(master)
         if writing:
             loop.remove_writer(master)
-        rcp.set_output_listener(None)
+        device.set_output_listener(None)
         for fd in (master, slave):
             with contextlib.suppress(OSError):
                 os.close(fd)

@@ -42,7 +42,8 @@ from firmware_agent.mesh.backend import (
 )
 from firmware_agent.mesh.ti_ncp import TiNcpBackend
 from hil.meter.push import PushSource
-from hil.ncp import EmulatedNetwork, VirtualNcp, build_network, serve_pty
+from hil.ncp import EmulatedNetwork, VirtualNcp, build_network
+from hil.rcp import serve_pty
 from hil.waiting import eventually
 
 T = TypeVar("T")
