@@ -195,3 +195,57 @@ class ResponseShape:
         self._blocks += apdu[pos:]
         if last:
             whole_data(bytes(self._blocks), 0, "block-transfer data")
+
+
+# ---------------------------------------------------------------------------------- stale replies
+
+AARQ, AARE, RLRQ, RLRE = 0x60, 0x61, 0x62, 0x63
+GET_REQUEST, SET_REQUEST, ACTION_REQUEST = 0xC0, 0xC1, 0xC3
+EXCEPTION_RESPONSE = 0xD8
+CONFIRMED_SERVICE_ERROR = 0x0E
+
+RESPONSE_TO: dict[int, int] = {
+    AARQ: AARE,
+    RLRQ: RLRE,
+    GET_REQUEST: GET_RESPONSE,
+    SET_REQUEST: SET_RESPONSE,
+    ACTION_REQUEST: ACTION_RESPONSE,
+}
+"""Request APDU tag -> the one response tag that can answer it."""
+
+RESPONSE_TAGS = frozenset(RESPONSE_TO.values())
+_INVOKED = frozenset({GET_REQUEST, SET_REQUEST, ACTION_REQUEST})
+_NAMES = {
+    AARE: "AARE",
+    RLRE: "RLRE",
+    GET_RESPONSE: "GET-Response",
+    SET_RESPONSE: "SET-Response",
+    ACTION_RESPONSE: "ACTION-Response",
+}
+
+
+def invoke_id(apdu: bytes) -> int | None:
+    """The invoke-id (low 4 bits of invoke-id-and-priority) of a GET/SET/ACTION request or
+    response APDU, or None for APDUs that carry none (or are too short to)."""
+    if len(apdu) < 3 or apdu[0] not in (_INVOKED | {GET_RESPONSE, SET_RESPONSE, ACTION_RESPONSE}):
+        return None
+    return apdu[2] & 0x0F
+
+
+def stale_reason(request: bytes, reply: bytes) -> str | None:
+    """Why the plain ``reply`` APDU answers some other request than the plain ``request`` APDU
+    (a late reply to an earlier, timed-out request arriving over the mesh), or None when it may
+    be the answer. Only well-formed replies of a known response type can be stale: anything
+    else (garbage, exception-response, confirmed-service-error, which name no request) is left
+    for the caller to judge, so garbage still ends a read and is quarantined."""
+    if not request or not reply or reply[0] not in RESPONSE_TAGS:
+        return None
+    expected = RESPONSE_TO.get(request[0])
+    if expected is None:
+        return None
+    if reply[0] != expected:
+        return f"{_NAMES[reply[0]]} where the request expects {_NAMES[expected]}"
+    want, got = invoke_id(request), invoke_id(reply)
+    if want is not None and got is not None and want != got:
+        return f"{_NAMES[reply[0]]} for invoke-id {got}, the request carries {want}"
+    return None

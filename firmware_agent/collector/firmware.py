@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -122,6 +123,7 @@ class PushResult:
     frame_bytes: int  # request bytes this run put on the link (what the limit meters)
     elapsed_s: float
     already_active: bool = False
+    stale_replies: int = 0  # late replies to earlier requests, discarded
 
 
 class ThroughputLimit:
@@ -386,6 +388,7 @@ class _Push:
             frame_bytes=self.driver.frame_bytes,
             elapsed_s=self.clock.monotonic() - self.started,
             already_active=self.already_active,
+            stale_replies=self.driver.stale,
         )
 
 
@@ -408,7 +411,7 @@ async def push_image(
     failures: the result says what happened. With ``attempts`` > 1 a failed run is followed by a
     fresh association that resumes from the blocks the meter already holds."""
     result: PushResult | None = None
-    blocks_sent = frame_bytes = 0
+    blocks_sent = frame_bytes = stale = 0
     started = limit.clock.monotonic()
     resumed_first: int | None = None
     error: FirmwareError | None = None
@@ -443,6 +446,7 @@ async def push_image(
         result = run.result(error)
         blocks_sent += result.blocks_sent
         frame_bytes += result.frame_bytes
+        stale += result.stale_replies
         if resumed_first is None:
             resumed_first = result.resumed_blocks
         if result.ok:
@@ -459,6 +463,7 @@ async def push_image(
         frame_bytes=frame_bytes,
         elapsed_s=limit.clock.monotonic() - started,
         already_active=result.already_active,
+        stale_replies=stale,
     )
 
 
@@ -469,12 +474,19 @@ async def push_group(
     targets: Sequence[tuple[MeterConfig, MeterLink]],
     image: FirmwareImage,
     limit: ThroughputLimit,
+    exclusive: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+    /,
     *,
     concurrency: int = 4,
     **kwargs: Any,
 ) -> list[PushResult]:
     """Push to every meter of ``targets`` (at most ``concurrency`` at once) under one shared
-    ``limit``; one result per meter, in the order given. ``kwargs`` go to ``push_image``."""
+    ``limit``; one result per meter, in the order given. ``kwargs`` go to ``push_image``.
+
+    ``exclusive(meter_id)`` (the collector's ``Collector.exclusive``) is entered around each
+    meter's push: a push and the scheduler's read of the same meter share one link, and
+    interleaved they would take each other's replies; the push waits for the read to end.
+    (Positional so that a caller's ``**kwargs`` for ``push_image`` cannot fill it.)"""
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     gate = asyncio.Semaphore(concurrency)
@@ -482,7 +494,10 @@ async def push_group(
     async def one(meter: MeterConfig, link: MeterLink) -> PushResult:
         async with gate:
             try:
-                return await push_image(link, meter, image, limit, **kwargs)
+                if exclusive is None:
+                    return await push_image(link, meter, image, limit, **kwargs)
+                async with exclusive(meter.id):
+                    return await push_image(link, meter, image, limit, **kwargs)
             except Exception as exc:  # a bug for one meter must not end the group's push
                 return PushResult(meter.id, False, "internal", repr(exc), 0, 0, 0, 0, 0.0)
 

@@ -50,6 +50,7 @@ INSTANTANEOUS_REGISTERS = (
     obis.LOAD_PERCENT,
 )
 
+
 class MeterReadError(Exception):
     """A read of one meter failed at ``stage``; ``cause`` is the DlmsError/LinkError/RecordError.
     ``payload`` is the last frame the meter sent in this read (the garbage, when it is garbage)."""
@@ -108,6 +109,7 @@ class MeterRead:
     warnings: tuple[str, ...] = ()
     profile_newest: float | None = None  # newest capture time among the profile rows read
     profile_left_behind: int = 0  # missed intervals left for later reads (catch-up cap)
+    stale_replies: int = 0  # late replies to earlier requests, discarded (drive.py)
 
 
 async def read_meter(
@@ -217,6 +219,7 @@ async def read_meter(
         warnings=tuple(warnings),
         profile_newest=newest,
         profile_left_behind=left_behind,
+        stale_replies=driver.stale,
     )
 
 

@@ -36,12 +36,14 @@ from gurux_dlms.objects import (
 )
 
 from . import obis as obis_codes
-from .apdu_check import ApduShapeError, ResponseShape
+from .apdu_check import ApduShapeError, ResponseShape, stale_reason
 from .ciphering import (
+    CIPHERED_TAGS,
     GLO_TAGS,
     SC_AUTHENTICATED_ENCRYPTION,
     AuthenticationFailed,
     CipheringError,
+    Unprotected,
     is_ciphered,
     protect,
     unprotect,
@@ -152,6 +154,18 @@ class MalformedReply(DlmsError):
         super().__init__(f"malformed reply ({reason}): {self.frame_hex}")
 
 
+class StaleReply(DlmsError):
+    """A well-formed reply that answers some other request (a late reply to an earlier,
+    timed-out one: over the mesh a reply can come seconds late), or comes from another
+    association's wPorts. Not the meter's answer: the driver discards it and keeps waiting."""
+
+    def __init__(self, target: str, reason: str, frame: bytes) -> None:
+        self.target = target
+        self.reason = reason
+        self.frame_hex = bytes(frame[:64]).hex()
+        super().__init__(f"{target}: stale reply discarded ({reason})")
+
+
 class SessionStateError(DlmsError):
     """The caller used the session out of order (e.g. rows before capture objects)."""
 
@@ -255,11 +269,12 @@ class Exchange(Generic[T]):
         """Take one reply frame; returns the next frame to send, or None when finished."""
         if self._done:
             raise SessionStateError(f"{self.target}: exchange already complete")
+        # StaleReply before anything of the exchange changes: the real reply may follow
+        frame = self._session._answer(frame, parse_frame(self._plain)[1], self.target)
+        apdu = parse_frame(frame)[1]
         self.frames += 1
-        self._session._check_frame(frame)
-        frame = self._session._incoming(frame)
         try:
-            self._shape.check(parse_frame(frame)[1])
+            self._shape.check(apdu)
         except ApduShapeError as exc:
             raise MalformedReply(f"{self.target}: {exc}", frame) from None
         client = self._session.client
@@ -271,6 +286,7 @@ class Exchange(Generic[T]):
             code = int(reply.error)
             raise DataAccessError(_name(DATA_ACCESS_RESULTS, code), code, self.target)
         if reply.isMoreData():
+            self._session._next_invoke()  # each block request its own id: a late block is stale
             nxt = _translate(lambda: client.receiverReady(reply), frame)
             self._plain = bytes(nxt)
             return self._session._outgoing(self._plain)
@@ -382,6 +398,19 @@ class Suite0Security:
             )
 
 
+@dataclass
+class InvokeIds:
+    """The invoke-id sequence of one meter (1..15, rotating), shared by the sessions to it so a
+    new session goes on where the last one stopped: a late reply to the previous session's
+    n-th request must not match the new session's n-th. Not thread-safe; one event loop."""
+
+    last: int = 0
+
+    def next(self) -> int:
+        self.last = self.last % 15 + 1
+        return self.last
+
+
 class DlmsSession:
     """One client association with one meter, LN referencing. Without ``security``: lowest
     level (the public client). With ``Suite0Security``: HLS-GMAC association and every xDLMS
@@ -394,6 +423,7 @@ class DlmsSession:
         *,
         max_receive_pdu: int = 0xFFFF,
         security: Suite0Security | None = None,
+        invoke_ids: InvokeIds | None = None,
     ) -> None:
         self.client_address = client_address
         self.server_address = server_address
@@ -406,6 +436,16 @@ class DlmsSession:
         self.security = security
         self._suite = security.keys.suite() if security is not None else None
         self._ciphered = False  # APDUs are wrapped from the glo-initiate on
+        self.invoke_ids = invoke_ids if invoke_ids is not None else InvokeIds()
+
+    def _next_invoke(self) -> int:
+        """Rotate the invoke-id for the next GET/SET/ACTION request (1..15), so a late reply
+        to an earlier request cannot pass for the answer to this one. Set on gurux's settings
+        directly: ``GXDLMSClient.invokeID``'s setter writes ``settings.invokeID`` while the
+        request builders read ``settings.invokeId`` (gurux 1.0.203), so it changes nothing."""
+        invoke = self.invoke_ids.next()
+        self.client.settings.invokeId = invoke
+        return invoke
 
     # ------------------------------------------------------------------ suite 0 layer
 
@@ -421,21 +461,39 @@ class DlmsSession:
         wrapped = protect(suite, apdu, sec.client_system_title, ic, sc=sec.security_control)
         return build_frame(header.source, header.destination, wrapped)
 
-    def _incoming(self, frame: bytes) -> bytes:
-        """Decipher a reply frame (checking tag and counter) into the plain frame gurux reads."""
+    def _answer(self, frame: bytes, request: bytes, target: str) -> bytes:
+        """The plain frame gurux reads from a reply frame to the plain ``request`` APDU:
+        checked (wPorts, WRAPPER), deciphered (tag verified) and matched to the request
+        (``StaleReply`` if it answers another one); only then is a ciphered frame's invocation
+        counter accepted, so a late authentic reply of an earlier request, whose counter is
+        below one accepted since, is discarded as stale rather than taken for a replay."""
+        self._check_frame(frame, target)
         sec = self.security
-        if sec is None or not self._ciphered:
-            return frame
         header, apdu = parse_frame(frame)
+        if sec is None or not self._ciphered or apdu[:1] in (b"\x61", b"\x63"):
+            why = stale_reason(request, apdu)  # AARE / RLRE are never ciphered
+            if why is not None:
+                raise StaleReply(target, why, frame)
+            return frame
         if apdu[:1] == b"\xd8":
             _raise_security_exception(sec.meter_id, apdu)
             return frame
-        if apdu[:1] in (b"\x61", b"\x63"):  # AARE / RLRE are not ciphered
-            return frame
-        plain = self._decipher(apdu, frame)
-        return build_frame(header.source, header.destination, plain)
+        u = self._unprotect(apdu, frame)
+        why = stale_reason(request, u.apdu)
+        if why is not None:
+            raise StaleReply(target, why, frame)
+        sec.counters.accept(sec.meter_id, u.invocation_counter)
+        return build_frame(header.source, header.destination, u.apdu)
 
     def _decipher(self, apdu: bytes, frame: bytes) -> bytes:
+        """Unprotect and accept the counter (the AARE's glo-initiate-response)."""
+        sec = self.security
+        assert sec is not None
+        u = self._unprotect(apdu, frame)
+        sec.counters.accept(sec.meter_id, u.invocation_counter)
+        return u.apdu
+
+    def _unprotect(self, apdu: bytes, frame: bytes) -> Unprotected:
         sec, suite = self.security, self._suite
         assert sec is not None and suite is not None
         if not is_ciphered(apdu):
@@ -444,13 +502,11 @@ class DlmsSession:
                 f"unprotected APDU 0x{apdu[:1].hex()} in a ciphered association",
             )
         try:
-            u = unprotect(suite, apdu, sec.keys.system_title)
+            return unprotect(suite, apdu, sec.keys.system_title)
         except AuthenticationFailed as exc:
             raise MacFailure(sec.meter_id, exc.detail) from None
         except CipheringError as exc:
             raise MalformedReply(f"{exc.reason}: {exc.detail}", frame) from None
-        sec.counters.accept(sec.meter_id, u.invocation_counter)
-        return u.apdu
 
     @property
     def negotiated_conformance(self) -> int:
@@ -461,13 +517,16 @@ class DlmsSession:
         """After association: the PDU size the meter announced."""
         return int(self.client.maxReceivePDUSize)
 
-    def _check_frame(self, frame: bytes) -> None:
+    def _check_frame(self, frame: bytes, target: str = "reply") -> None:
+        """A well-formed WRAPPER frame (else MalformedReply) between our wPorts, reversed (else
+        StaleReply: another association's frame)."""
         try:
             header, _ = parse_frame(frame)
         except WrapperError as exc:
             raise MalformedReply(f"{exc.reason}: {exc.detail}", frame) from None
         if header.source != self.server_address or header.destination != self.client_address:
-            raise MalformedReply(
+            raise StaleReply(
+                target,
                 f"wrong-wport: frame {header.source}->{header.destination}, expected "
                 f"{self.server_address}->{self.client_address}",
                 frame,
@@ -517,6 +576,7 @@ class DlmsSession:
         """GET-Request-Normal of any attribute of any interface class; the value as gurux
         decodes it (bit-string -> GXBitString, octet-string -> bytes, structure -> list)."""
         target = f"IC {class_id} {obis} attr {attribute}"
+        self._next_invoke()
         request = self._one(self.client.read(_Target(class_id, obis), attribute), target)
         return Exchange(self, request, target, lambda reply: reply.value)
 
@@ -530,6 +590,7 @@ class DlmsSession:
         if isinstance(params, bool) or not isinstance(params, int | bytes):
             raise SessionStateError(f"{target}: parameters must be encoded bytes or an int")
         kind = DataType.INT8 if isinstance(params, int) else DataType.STRUCTURE
+        self._next_invoke()
         request = self._one(
             self.client.method(_Target(class_id, obis), method, params, kind), target
         )
@@ -549,6 +610,7 @@ class DlmsSession:
         if data_type is None and not isinstance(value, bytes):
             raise SessionStateError(f"{target}: a value without a data type must be encoded bytes")
         item = _Target(class_id, obis, value, data_type or DataType.STRUCTURE)
+        self._next_invoke()
         request = self._one(self.client.write(item, attribute), target)
         return Exchange(self, request, target, lambda reply: None)
 
@@ -562,6 +624,7 @@ class DlmsSession:
             return int(value[0]), int(value[1])
 
         reg = GXDLMSRegister(obis)
+        self._next_invoke()
         target = f"IC 3 {obis} attr 3"
         return Exchange(self, self._one(self.client.read(reg, 3), target), target, done)
 
@@ -572,6 +635,7 @@ class DlmsSession:
             self.client.updateValue(clock, 2, reply.value)
             return _to_datetime(clock.time)
 
+        self._next_invoke()
         target = f"IC 8 {obis} attr 2"
         return Exchange(self, self._one(self.client.read(clock, 2), target), target, done)
 
@@ -590,6 +654,7 @@ class DlmsSession:
                 for o, c in pg.captureObjects
             ]
 
+        self._next_invoke()
         target = f"IC 7 {obis} attr 3"
         return Exchange(self, self._one(self.client.read(pg, 3), target), target, done)
 
@@ -614,6 +679,7 @@ class DlmsSession:
             ]
 
         pg.buffer = []
+        self._next_invoke()
         target = f"IC 7 {obis} attr 2 by range"
         request = self._one(
             self.client.readRowsByRange(pg, start.astimezone(UTC), end.astimezone(UTC)), target
@@ -628,7 +694,7 @@ _CONTEXT_LN_PLAIN = bytes.fromhex("60857405080101")
 _MECHANISM_HIGH_GMAC = bytes.fromhex("60857405080205")
 _ASSOCIATION_LN = bytes([0, 0, 40, 0, 0, 255])
 _IC_ASSOCIATION_LN = 15
-_INVOKE = 0xC1  # invoke-id 1, confirmed, high priority (as gurux sends)
+_INVOKE_PRIORITY = 0xC0  # confirmed, high priority (as gurux sends); the id rotates
 _DIAG_AUTHENTICATION_FAILURE = 13
 _DIAG_AUTHENTICATION_REQUIRED = 14
 _SERVICE_DECIPHERING_ERROR = 5
@@ -735,13 +801,21 @@ class _HlsAssociation(Exchange[None]):
     def feed(self, frame: bytes) -> bytes | None:
         if self._done:
             raise SessionStateError(f"{self.target}: exchange already complete")
-        self.frames += 1
         session = self._session
-        session._check_frame(frame)
+        session._check_frame(frame, self.target)
         try:
             if self._step == "aare":
-                return self._aare(parse_frame(frame)[1], frame)
-            self._proof(parse_frame(session._incoming(frame))[1])
+                apdu = parse_frame(frame)[1]
+                if apdu[:1] and apdu[0] in CIPHERED_TAGS:
+                    raise StaleReply(self.target, "a ciphered APDU before the AARE", frame)
+                why = stale_reason(parse_frame(self._plain)[1], apdu)
+                if why is not None:
+                    raise StaleReply(self.target, why, frame)
+                self.frames += 1
+                return self._aare(apdu, frame)
+            plain = session._answer(frame, parse_frame(self._plain)[1], self.target)
+            self.frames += 1
+            self._proof(parse_frame(plain)[1])
             return None
         except DlmsError:
             raise
@@ -799,7 +873,7 @@ class _HlsAssociation(Exchange[None]):
             sec.client_system_title, sec.counters.reserve(sec.meter_id), stoc
         )
         action = (
-            bytes([0xC3, 0x01, _INVOKE])
+            bytes([0xC3, 0x01, _INVOKE_PRIORITY | session._next_invoke()])
             + struct.pack(">H", _IC_ASSOCIATION_LN)
             + _ASSOCIATION_LN
             + bytes([0x01, 0x01, 0x09, len(proof)])
@@ -833,15 +907,27 @@ SessionFactory = Callable[["MeterConfig"], "DlmsSession"]
 what ``session_factory`` makes (suite 0 for the meters configured for it)."""
 
 
-def plain_session(meter: MeterConfig) -> DlmsSession:
+def plain_session(meter: MeterConfig, invoke_ids: InvokeIds | None = None) -> DlmsSession:
     """Lowest security: the public client; refuses a meter configured for more (a configuration
-    error, not a MAC Fail)."""
+    error, not a MAC Fail). Without ``invoke_ids`` the session's invoke-ids start at 1: use
+    ``plain_sessions()`` to carry them on from one session to the next."""
     if meter.security.level != "none":
         raise SessionStateError(
             f"meter {meter.id}: security level {meter.security.level!r} needs a secured session "
             "(keys), and none was given"
         )
-    return DlmsSession(meter.client_address, meter.server_address)
+    return DlmsSession(meter.client_address, meter.server_address, invoke_ids=invoke_ids)
+
+
+def plain_sessions() -> SessionFactory:
+    """A ``SessionFactory`` of ``plain_session``s whose invoke-ids go on per meter from one
+    session to the next (reads, pushes, resets of one meter share the sequence)."""
+    ids: dict[str, InvokeIds] = {}
+
+    def make(meter: MeterConfig) -> DlmsSession:
+        return plain_session(meter, ids.setdefault(meter.id, InvokeIds()))
+
+    return make
 
 
 def session_factory(
@@ -853,18 +939,22 @@ def session_factory(
     """A ``SessionFactory`` for reads, pushes and the scheduler: a meter configured
     ``security.level: suite0`` gets a suite 0 session with its keys (a meter missing from the key
     file is a configuration error, ``SessionStateError`` naming it, not a MAC Fail); any other
-    meter a plain one."""
+    meter a plain one. Invoke-ids go on per meter from one session to the next."""
+    ids: dict[str, InvokeIds] = {}
 
     def make(meter: MeterConfig) -> DlmsSession:
         level = meter.security.level
+        invoke_ids = ids.setdefault(meter.id, InvokeIds())
         if level == "none":
-            return DlmsSession(meter.client_address, meter.server_address)
+            return DlmsSession(meter.client_address, meter.server_address, invoke_ids=invoke_ids)
         if level != "suite0":
             raise SessionStateError(f"meter {meter.id}: security level {level!r} is not supported")
         meter_keys = keys.get(meter.id)
         if meter_keys is None:
             raise SessionStateError(f"meter {meter.id}: suite0 configured but not in the key file")
         sec = Suite0Security(meter.id, meter_keys, client_system_title, counters, rng)
-        return DlmsSession(meter.client_address, meter.server_address, security=sec)
+        return DlmsSession(
+            meter.client_address, meter.server_address, security=sec, invoke_ids=invoke_ids
+        )
 
     return make

@@ -83,6 +83,7 @@ class Meter(asyncio.DatagramProtocol):
     garbage_at: int | None = None
     silent: bool = False
     requests: list[int] = field(default_factory=list)
+    last_garbage: bytes = b""
     transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,7 +97,16 @@ class Meter(asyncio.DatagramProtocol):
             return
         if self.garbage and (self.garbage_at is None or apdu[0] == self.garbage_at):
             self.garbage -= 1
-            self.transport.sendto(build_frame(1, 16, b"\xc4\x01\xc1\x00\x09\xff\xde\xad"), addr)
+            # the answer's type and invoke-id are right (else it is only a stale reply,
+            # discarded), its data is cut short: a cut AARE, or a GET-Response whose
+            # octet-string says 255 bytes and carries 2
+            if apdu[0] == 0x60:
+                self.last_garbage = build_frame(1, 16, b"\x61\x03\xff\xff\xff")
+            else:
+                self.last_garbage = build_frame(
+                    1, 16, b"\xc4\x01" + apdu[2:3] + b"\x00\x09\xff\xde\xad"
+                )
+            self.transport.sendto(self.last_garbage, addr)
             return
         reply = self.server.handle(data)
         if reply is not None:
@@ -201,8 +211,11 @@ def test_garbage_reply_is_quarantined_and_the_next_scheduled_read_succeeds(tmp_p
     offset = meter_offset("MTR-G", PERIOD)
     clock = WarpClock(START + offset - 5, scale=900)  # a slot 5 s away; 1 s real = 15 min
 
+    meters: list[Meter] = []
+
     async def go() -> Rig:
         meter = await start_meter("MTR-G", clock)
+        meters.append(meter)
         meter.garbage, meter.garbage_at = 1, 0xC0  # the first GET (the clock) gets garbage
         cfg = CollectorConfig(
             timeout_s=0.5,
@@ -228,7 +241,7 @@ def test_garbage_reply_is_quarantined_and_the_next_scheduled_read_succeeds(tmp_p
     assert st.last_error is None and st.state == "ok"  # recovered
     (q,) = rig.quarantine.recent()
     assert (q.meter_id, q.stage) == ("MTR-G", "clock")
-    assert q.hex == build_frame(1, 16, b"\xc4\x01\xc1\x00\x09\xff\xde\xad").hex()
+    assert q.hex == meters[0].last_garbage.hex() and meters[0].last_garbage[8:10] == b"\xc4\x01"
     assert q.reason and rig.quarantine.counts("MTR-G") == {q.reason: 1}
     # the good read came a whole interval later, and its readings are spooled
     batch = rig.spool.next_batch(100, 10**7)

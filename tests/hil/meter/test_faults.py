@@ -15,7 +15,7 @@ import pytest
 from firmware_agent.clock import ManualClock
 from firmware_agent.collector.link import LinkTimeout, TcpMeterLink, UdpMeterLink
 from firmware_agent.collector.reader import MeterRead, MeterReadError, read_meter
-from firmware_agent.collector.session import DlmsError, MalformedReply
+from firmware_agent.collector.session import MalformedReply
 from firmware_agent.collector.wrapper import parse_frame
 from firmware_agent.config import MeterConfig
 from hil.meter.dlms_server import MeterServer
@@ -158,18 +158,18 @@ def test_corrupted_clock_reply_is_malformed_at_the_clock_stage() -> None:
     assert isinstance(second, MeterRead)
 
 
-def test_wrong_apdu_is_a_typed_dlms_error_then_the_meter_reads() -> None:
+def test_wrong_apdu_is_a_stale_reply_discarded_and_the_read_gets_the_answer() -> None:
+    """A well-formed reply of another service (what a late reply to an earlier request looks
+    like) is never taken for the answer: it is discarded and counted, and the read goes on."""
     meter, clock = faulty(Fault(FaultKind.WRONG_APDU, 1, after=1))
-    first, second = run(read_twice(meter, clock))
-    assert isinstance(first, MeterReadError) and first.stage == "clock"
-    assert isinstance(first.cause, DlmsError)
-    assert "c701" in str(first.cause)  # an ACTION-Response where a GET-Response belongs
-    assert isinstance(second, MeterRead)
+    first, second = run(read_twice(meter, clock))  # an ACTION-Response to the clock GET
+    assert isinstance(first, MeterRead) and first.stale_replies == 1
+    assert isinstance(second, MeterRead) and second.stale_replies == 0
 
     meter, clock = faulty(Fault(FaultKind.WRONG_APDU, 1))
-    first, _ = run(read_twice(meter, clock))
-    assert isinstance(first, MeterReadError) and first.stage == "associate"
-    assert isinstance(first.cause, MalformedReply) and "6303800100" in first.cause.frame_hex
+    first, _ = run(read_twice(meter, clock))  # an RLRE (6303800100) to the AARQ
+    assert isinstance(first, MeterRead) and first.stale_replies == 1
+    assert len(first.readings) == 5
 
 
 def test_silence_times_out_and_a_retry_recovers() -> None:

@@ -32,6 +32,7 @@ from firmware_agent.collector.session import (
     Exchange,
     MacFailure,
     ReplayedFrame,
+    StaleReply,
     Suite0Security,
 )
 from firmware_agent.collector.wrapper import build_frame, parse_frame
@@ -61,7 +62,6 @@ def keys(ek: bytes = EK) -> MeterKeys:
 def secured_session(store: CounterStore, *, ek: bytes = EK) -> DlmsSession:
     sec = Suite0Security("MTR-S", keys(ek), GATEWAY_TITLE, store, random.Random(9))
     return DlmsSession(MANAGEMENT, 1, security=sec)
-
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -233,9 +233,16 @@ def test_replayed_reply_is_refused_by_the_client(tmp_path: Path) -> None:
     first.feed(old_reply)
     second = s.read_value(obis.ACTIVE_ENERGY_IMPORT)
     server.handle(second.request)
+    with pytest.raises(StaleReply):
+        second.feed(old_reply)  # the earlier reply answers another invoke-id: never taken
+    # a new session's invoke-ids start over: the replay matches the request and is refused
+    s2 = secured_session(store)
+    drive(server, s2.associate())
+    third = s2.read_value(obis.ACTIVE_ENERGY_IMPORT)
+    assert server.handle(third.request) is not None
     with pytest.raises(ReplayedFrame) as err:
-        second.feed(old_reply)  # an attacker answers with the earlier, authentic reply
-    assert err.value.counter == err.value.last
+        third.feed(old_reply)  # an attacker answers with the earlier, authentic reply
+    assert err.value.counter < err.value.last
     assert f"invocation counter {err.value.counter} is not above" in str(err.value)
 
 
