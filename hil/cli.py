@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import os
 import random
 import signal
 import sys
@@ -27,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from drivers.pty_spawn import WATCH_STDIN_ENV
 from firmware_agent.clock import SystemClock
 from firmware_agent.collector.keys import load_keys
 from firmware_agent.config import ConfigError
@@ -42,7 +40,7 @@ from hil.meter.udp import serve_tcp, serve_udp
 from hil.meter_node import NodeConfig
 from hil.node.rpl_node import RplConfig
 from hil.population import EmulatedMeter, asyncio_scheduler, populate, read_mesh_meters
-from hil.rcp import VirtualRcp, serve_pty
+from hil.rcp import VirtualRcp, serve_pty, serve_until_stopped
 from hil.run import add_parser_args as add_run_args
 from hil.run import cmd_run
 
@@ -513,39 +511,14 @@ async def _serve_rcp(args: argparse.Namespace) -> int:
             loop.call_later(0.1, server.cancel)
 
         world.on_unplug = unplug
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.cancel)
-    watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"
-    if watch_stdin:  # spawned by spinel+pty://: stop when the host process goes away
-        os.set_blocking(0, False)
-        loop.add_reader(0, _stop_on_eof, server)
     try:
-        await server
-    except asyncio.CancelledError:
-        if not server.cancelled():
-            raise
+        await serve_until_stopped(server)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        if watch_stdin:
-            loop.remove_reader(0)
         if control is not None:
             control.close()
             args.control.unlink(missing_ok=True)
     log.info("virtual RCP stopped: %s", rcp.counters)
     return 0
-
-
-def _stop_on_eof(server: asyncio.Task[None]) -> None:
-    try:
-        data = os.read(0, 4096)
-    except BlockingIOError:
-        return
-    except OSError:
-        data = b""
-    if not data:
-        log.info("host closed our stdin: stopping")
-        server.cancel()
 
 
 def _cmd_boards(args: argparse.Namespace) -> int:

@@ -20,16 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import random
-import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from drivers.hdlc import HdlcDecoder, HdlcError, hdlc_encode
-from drivers.pty_spawn import WATCH_STDIN_ENV
 from drivers.spinel import (
     Cmd,
     Prop,
@@ -49,7 +46,7 @@ from firmware_agent.mesh.stack import prefix_bytes
 from hil.meter.dlms_server import MeterServer
 from hil.meter.model import MeterModel
 from hil.meter.router import MeterRouter
-from hil.rcp import serve_pty
+from hil.rcp import serve_pty, serve_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT (or stdin EOF when spawned by a host). Takes this module's
     options, or ``hil rcp``'s namespace with ``--personality ncp`` (missing options default)."""
-    loop = asyncio.get_running_loop()
     clock = SystemClock()
     defaults = build_parser().parse_args(["--pty"])
     opt = {k: getattr(args, k, v) for k, v in vars(defaults).items()}
@@ -484,35 +480,9 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("virtual NCP %s serving on %s", network.root.hex(), path)
 
     server = asyncio.create_task(serve_pty(ncp, ready, name="virtual NCP"), name="ncp-pty")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.cancel)
-    watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"
-    if watch_stdin:  # spawned by a host: stop when it goes away
-        os.set_blocking(0, False)
-        loop.add_reader(0, _stop_on_eof, server)
-    try:
-        await server
-    except asyncio.CancelledError:
-        if not server.cancelled():
-            raise
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        if watch_stdin:
-            loop.remove_reader(0)
+    await serve_until_stopped(server)
     log.info("virtual NCP stopped: %s", ncp.counters)
     return 0
-
-
-def _stop_on_eof(server: asyncio.Task[None]) -> None:
-    try:
-        data = os.read(0, 4096)
-    except BlockingIOError:
-        return
-    except OSError:
-        data = b""
-    if not data:
-        server.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import random
+import signal
 import struct
 import tty
 from collections import deque
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from drivers.hdlc import HdlcDecoder, HdlcError, hdlc_encode
+from drivers.pty_spawn import WATCH_STDIN_ENV
 from drivers.spinel import (
     Cap,
     Cmd,
@@ -689,6 +691,40 @@ async def serve_pty(
         for fd in (master, slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+async def serve_until_stopped(server: asyncio.Task[None]) -> None:
+    """Await a served board until SIGTERM/SIGINT, or until the host that spawned us
+    (``spinel+pty://``, which sets ``HIL_RCP_EXIT_ON_STDIN_EOF``) closes our stdin."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.cancel)
+    watch_stdin = os.environ.get(WATCH_STDIN_ENV) == "1"
+    if watch_stdin:
+        os.set_blocking(0, False)
+        loop.add_reader(0, _stop_on_eof, server)
+    try:
+        await server
+    except asyncio.CancelledError:
+        if not server.cancelled():
+            raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if watch_stdin:
+            loop.remove_reader(0)
+
+
+def _stop_on_eof(server: asyncio.Task[None]) -> None:
+    try:
+        data = os.read(0, 4096)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        log.info("host closed our stdin: stopping")
+        server.cancel()
 
 
 class PtyBoard:
