@@ -50,7 +50,7 @@ from firmware_agent.collector.quarantine import Quarantine
 from firmware_agent.collector.records import Alarm
 from firmware_agent.collector.scheduler import Collector, MeterStatus, state_path
 from firmware_agent.collector.security_reset import ResetResult, security_reset
-from firmware_agent.collector.session import SessionFactory, session_factory
+from firmware_agent.collector.session import SessionFactory, plain_sessions, session_factory
 from firmware_agent.config import Config, ConfigError, DiagConfig, MeterConfig
 from firmware_agent.diag.agent_source import AgentDiagSource
 from firmware_agent.diag.server import DiagServer, DiagSetupError
@@ -265,7 +265,9 @@ class Agent:
         self.quarantine: Quarantine | None = None
         self.counters: CounterStore | None = None
         self._keys: dict[str, MeterKeys] = {}
-        self._sessions: SessionFactory | None = None
+        # Plain meters too: invoke-ids go on per meter across sessions, so a late reply of
+        # one session is never taken for the next one's (suite 0 replaces it with keys).
+        self._sessions: SessionFactory = plain_sessions()
         self._state_stores: list[Quarantine | ProfileMarks] = []
         self._final_quarantined = 0
         self._links: dict[str, MeterLink] = {}
@@ -728,13 +730,18 @@ class Agent:
         cfg = self.config.collector
         meters = [self.meter(m) for m in meter_ids]
         limit = ThroughputLimit(bytes_per_s or cfg.firmware_bytes_per_s, self.clock, asyncio.sleep)
-        kwargs: dict[str, object] = {"timeout": cfg.timeout_s, "retries": cfg.retries}
-        if self._sessions is not None:
-            kwargs["session_factory"] = self._sessions
+        kwargs: dict[str, object] = {
+            "timeout": cfg.timeout_s,
+            "retries": cfg.retries,
+            "session_factory": self._sessions,
+        }
+        # Each meter's push under its collector lock: no interval read interleaves with it.
+        exclusive = None if self.collector is None else self.collector.exclusive
         return await push_group(
             [(m, self.link_for(m)) for m in meters],
             image,
             limit,
+            exclusive,
             concurrency=cfg.firmware_concurrency,
             progress=progress,
             **kwargs,

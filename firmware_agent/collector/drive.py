@@ -143,7 +143,14 @@ class ExchangeDriver:
                     f" (the last: {self.stale_reasons[-1]}) and no answer in {timeout:g} s"
                 )
             if isinstance(self.link, ReceivingLink):
-                reply = await self.link.receive(left)
+                try:
+                    reply = await self.link.receive(left)
+                except LinkTimeout:
+                    raise StaleTimeout(
+                        f"{exchange.target}: {discarded} stale repl"
+                        f"{'y' if discarded == 1 else 'ies'} (the last: "
+                        f"{self.stale_reasons[-1]}) and no answer in {timeout:g} s"
+                    ) from None
             else:  # the link cannot wait without sending: ask again, the meter answers again
                 self.resends += 1
                 reply = await self._send(exchange.retry_frame(), left)

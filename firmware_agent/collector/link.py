@@ -71,6 +71,17 @@ class UdpMeterLink:
             raise LinkError(f"UDP {self.host}:{self.port}: {got}") from got
         return got
 
+    async def receive(self, timeout: float) -> bytes:
+        """The next datagram from the meter without sending (after a stale reply)."""
+        _, protocol = await self._open()
+        try:
+            got = await asyncio.wait_for(protocol.frames.get(), timeout)
+        except TimeoutError:
+            raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
+        if isinstance(got, Exception):
+            raise LinkError(f"UDP {self.host}:{self.port}: {got}") from got
+        return got
+
     async def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
@@ -107,6 +118,18 @@ class TcpMeterLink:
             return await asyncio.wait_for(read_wrapper_frame(reader), timeout)
         except TimeoutError:
             # The stream position is unknown now: start over on a fresh connection next time.
+            await self.close()
+            raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, WrapperError) as exc:
+            await self.close()
+            raise LinkError(f"TCP {self.host}:{self.port}: {exc}") from exc
+
+    async def receive(self, timeout: float) -> bytes:
+        """The next frame from the stream without sending (after a stale reply)."""
+        reader, _ = await self._open(timeout)
+        try:
+            return await asyncio.wait_for(read_wrapper_frame(reader), timeout)
+        except TimeoutError:
             await self.close()
             raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
         except (OSError, asyncio.IncompleteReadError, WrapperError) as exc:

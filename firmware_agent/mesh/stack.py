@@ -530,6 +530,13 @@ class MeshDatagramLink:
         stack.neighbours.round_trip(first_hop, stack.clock.monotonic() - sent_at)
         return reply
 
+    async def receive(self, timeout: float) -> bytes:
+        """The next reply from the meter without sending (after a stale one)."""
+        try:
+            return await asyncio.wait_for(self._replies.get(), timeout)
+        except TimeoutError:
+            raise LinkTimeout(f"meter {self._dst.hex(':')}: no reply in {timeout:g} s") from None
+
     async def close(self) -> None:
         return None
 

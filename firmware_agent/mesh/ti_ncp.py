@@ -782,6 +782,17 @@ class TiNcpLink:
                     f"the NCP in {timeout:g} s"
                 ) from None
 
+    async def receive(self, timeout: float) -> bytes:
+        """The next datagram from the meter without sending (after a stale one)."""
+        async with self._lock:
+            dst = self.backend.address_of(self.node)
+            try:
+                return await asyncio.wait_for(self.backend._register(dst).get(), timeout)
+            except TimeoutError:
+                raise LinkTimeout(
+                    f"meter {self.node.hex(':')}: no reply over the NCP in {timeout:g} s"
+                ) from None
+
     async def close(self) -> None:
         return None
 

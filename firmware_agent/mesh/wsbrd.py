@@ -80,6 +80,12 @@ class WsbrdMeterLink:
             self._udp = UdpMeterLink(host, self.port)
         return await self._udp.request(frame, timeout)
 
+    async def receive(self, timeout: float) -> bytes:
+        """The next datagram from the meter without sending (after a stale one)."""
+        if self._udp is None:
+            raise LinkTimeout(f"meter {self.node.hex(':')}: nothing sent, nothing to wait for")
+        return await self._udp.receive(timeout)
+
     async def close(self) -> None:
         if self._udp is not None:
             await self._udp.close()

@@ -181,9 +181,24 @@ def test_late_replies_of_an_earlier_read_are_discarded_and_the_read_is_right(
     assert not late_link.late  # every late reply was delivered
 
 
-def test_only_stale_replies_time_out_naming_the_last_reason() -> None:
+class SendOnlyLink:
+    """A link that cannot wait for a frame without sending one (no ``receive``)."""
+
+    def __init__(self, inner: UdpMeterLink) -> None:
+        self.inner = inner
+
+    async def request(self, frame: bytes, timeout: float) -> bytes:
+        return await self.inner.request(frame, timeout)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+@pytest.mark.parametrize("can_wait", [False, True])
+def test_only_stale_replies_time_out_naming_the_last_reason(can_wait: bool) -> None:
     """A peer that answers only from other wPorts (another association) is a timeout after
-    ``max_stale`` discarded frames, not a malformed payload and not an endless loop."""
+    ``max_stale`` discarded frames (a link that must ask again) or after the timeout (a link
+    that can wait), not a malformed payload and not an endless loop."""
 
     async def go() -> tuple[ExchangeDriver, StaleTimeout]:
         class Wrong(asyncio.DatagramProtocol):
@@ -195,8 +210,9 @@ def test_only_stale_replies_time_out_naming_the_last_reason() -> None:
 
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(Wrong, local_addr=("127.0.0.1", 0))
-        link = UdpMeterLink("127.0.0.1", transport.get_extra_info("sockname")[1])
-        driver = ExchangeDriver(link, 2.0, retries=1, max_stale=3)
+        udp = UdpMeterLink("127.0.0.1", transport.get_extra_info("sockname")[1])
+        link = udp if can_wait else SendOnlyLink(udp)
+        driver = ExchangeDriver(link, 0.5 if can_wait else 2.0, retries=1, max_stale=3)
         try:
             with pytest.raises(StaleTimeout) as err:
                 await driver.run(DlmsSession().associate())
@@ -207,8 +223,11 @@ def test_only_stale_replies_time_out_naming_the_last_reason() -> None:
 
     driver, err = run(go())
     assert isinstance(err, LinkTimeout)
-    assert driver.stale == 8  # (max_stale + 1) per attempt, two attempts
-    assert driver.round_trips == 8 and driver.resends == 7
+    if can_wait:  # one stale reply per attempt, then nothing more within the timeout
+        assert driver.stale == 2 and driver.round_trips == 2 and driver.resends == 1
+    else:
+        assert driver.stale == 8  # (max_stale + 1) per attempt, two attempts
+        assert driver.round_trips == 8 and driver.resends == 7
     assert "wrong-wport: frame 1->17, expected 1->16" in str(err)
 
 

@@ -160,14 +160,17 @@ def test_corrupted_clock_reply_is_malformed_at_the_clock_stage() -> None:
 
 def test_wrong_apdu_is_a_stale_reply_discarded_and_the_read_gets_the_answer() -> None:
     """A well-formed reply of another service (what a late reply to an earlier request looks
-    like) is never taken for the answer: it is discarded and counted, and the read goes on."""
+    like) is never taken for the answer: it is discarded and counted; this meter sends nothing
+    else, so the wait for the real answer times out and the retry gets it."""
     meter, clock = faulty(Fault(FaultKind.WRONG_APDU, 1, after=1))
-    first, second = run(read_twice(meter, clock))  # an ACTION-Response to the clock GET
+    # an ACTION-Response to the clock GET
+    first, second = run(read_twice(meter, clock, timeout=0.5, retries=1))
     assert isinstance(first, MeterRead) and first.stale_replies == 1
     assert isinstance(second, MeterRead) and second.stale_replies == 0
 
     meter, clock = faulty(Fault(FaultKind.WRONG_APDU, 1))
-    first, _ = run(read_twice(meter, clock))  # an RLRE (6303800100) to the AARQ
+    # an RLRE (6303800100) to the AARQ
+    first, _ = run(read_twice(meter, clock, timeout=0.5, retries=1))
     assert isinstance(first, MeterRead) and first.stale_replies == 1
     assert len(first.readings) == 5
 
