@@ -217,5 +217,3 @@ def test_firmware_push_over_suite0_survives_lost_replies(tmp_path: Path) -> None
     assert run(go())
     assert meter.counters["lost-reply"] == 3
     assert meter.server.counters["replayed-counter"] == 0
-
-
