@@ -63,13 +63,7 @@ class UdpMeterLink:
         while not protocol.frames.empty():  # late replies to an earlier, timed-out request
             protocol.frames.get_nowait()
         transport.sendto(frame)
-        try:
-            got = await asyncio.wait_for(protocol.frames.get(), timeout)
-        except TimeoutError:
-            raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
-        if isinstance(got, Exception):
-            raise LinkError(f"UDP {self.host}:{self.port}: {got}") from got
-        return got
+        return await self.receive(timeout)
 
     async def receive(self, timeout: float) -> bytes:
         """The next datagram from the meter without sending (after a stale reply)."""
@@ -111,18 +105,14 @@ class TcpMeterLink:
         return self._reader, self._writer  # type: ignore[return-value]
 
     async def request(self, frame: bytes, timeout: float) -> bytes:
-        reader, writer = await self._open(timeout)
+        _, writer = await self._open(timeout)
         try:
             writer.write(frame)
             await writer.drain()
-            return await asyncio.wait_for(read_wrapper_frame(reader), timeout)
-        except TimeoutError:
-            # The stream position is unknown now: start over on a fresh connection next time.
-            await self.close()
-            raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
-        except (OSError, asyncio.IncompleteReadError, WrapperError) as exc:
+        except OSError as exc:
             await self.close()
             raise LinkError(f"TCP {self.host}:{self.port}: {exc}") from exc
+        return await self.receive(timeout)
 
     async def receive(self, timeout: float) -> bytes:
         """The next frame from the stream without sending (after a stale reply)."""
@@ -130,6 +120,7 @@ class TcpMeterLink:
         try:
             return await asyncio.wait_for(read_wrapper_frame(reader), timeout)
         except TimeoutError:
+            # The stream position is unknown now: start over on a fresh connection next time.
             await self.close()
             raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
         except (OSError, asyncio.IncompleteReadError, WrapperError) as exc:
