@@ -283,7 +283,8 @@ class MeterNode:
             self._dark(epoch)
 
         self.scheduler.call_at(self.scheduler.time() + LAST_GASP_ENERGY_S, self._dark, epoch)
-        self._send_to(packet, parent, done)
+        # Ahead of whatever was queued (a reply's fragments): the supercap lasts one frame.
+        self._send_to(packet, parent, done, urgent=True)
         return True
 
     def _dark(self, epoch: int) -> None:
@@ -508,7 +509,12 @@ class MeterNode:
         self._send_to(packet, parent, done)
 
     def _send_to(
-        self, packet: Ipv6Packet, mac: bytes, on_done: Callable[[TxResult], None] | None
+        self,
+        packet: Ipv6Packet,
+        mac: bytes,
+        on_done: Callable[[TxResult], None] | None,
+        *,
+        urgent: bool = False,
     ) -> None:
         try:
             payloads = self.adaptation.encode(packet, self.eui64, mac)
@@ -518,7 +524,7 @@ class MeterNode:
             if on_done is not None:
                 on_done(TxResult.REFUSED)
             return
-        self.mac.send(mac, payloads, on_done)
+        self.mac.send(mac, payloads, on_done, urgent=urgent)
 
     def _on_frame_result(self, dst: bytes, attempts: int, acked: bool) -> None:
         if not self.powered:

@@ -220,15 +220,22 @@ class NodeMac:
         dst: bytes,
         payloads: list[bytes],
         on_done: Callable[[TxResult], None] | None = None,
+        *,
+        urgent: bool = False,
     ) -> None:
-        """Queue the MAC payloads of one packet for ``dst`` (an EUI-64, or BROADCAST)."""
+        """Queue the MAC payloads of one packet for ``dst`` (an EUI-64, or BROADCAST);
+        ``urgent`` (a last gasp) goes next, behind only the packet already on the air."""
         state = self._state
-        if len(state.queue) >= self.config.queue_limit:
+        if len(state.queue) >= self.config.queue_limit and not urgent:
             self.stats.queue_drops += 1
             if on_done is not None:
                 on_done(TxResult.QUEUE_FULL)
             return
-        state.queue.append(_Job(dst, payloads, on_done))
+        job = _Job(dst, payloads, on_done)
+        if urgent:
+            state.queue.insert(1 if state.busy and state.queue else 0, job)
+        else:
+            state.queue.append(job)
         if not state.busy:
             state.busy = True
             self._after_quiet(self._next_frame)

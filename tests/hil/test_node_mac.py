@@ -182,6 +182,26 @@ def test_fragments_go_in_order_and_a_full_queue_refuses() -> None:
     sim(main)
 
 
+def test_an_urgent_packet_goes_next_even_into_a_full_queue() -> None:
+    """A last gasp: behind only the packet already on the air, never refused."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        medium = Medium(random.Random(7), scheduler=loop, shadowing_sigma_db=0.0)
+        a = Radio(A, medium, MacConfig(queue_limit=2))
+        b = Radio(B, medium)
+        medium.attach(a, (0.0, 0.0))
+        medium.attach(b, (100.0, 0.0))
+        a.mac.send(B, [b"1", b"2"])
+        a.mac.send(B, [b"3"])
+        a.mac.send(B, [b"gasp"], urgent=True)
+        await asyncio.sleep(1)
+        assert [f.payload for f in b.delivered] == [b"1", b"2", b"gasp", b"3"]
+        assert a.mac.stats.queue_drops == 0
+
+    sim(main)
+
+
 def test_reset_forgets_the_queue_and_silences_old_callbacks() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
