@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import cProfile
 import json
-import random
 import shutil
 import sqlite3
 import sys
@@ -42,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
 
+# The same readings as the thin-path bench, so the two benches' figures compare.
+from bench.thin_path import reading
 from firmware_agent.clock import SystemClock
 from firmware_agent.config import TlsConfig, UplinkConfig
 from firmware_agent.spool import PackedBatch, Priority, Spool, SpoolRecord, encode_body
@@ -57,23 +58,6 @@ PUBLISH_RECORDS = 300_000  # 6,000 messages: ~0.5-1 s of bare time, fixed costs 
 ENQUEUE_RECORDS = 20_000
 ROUNDS = 3
 TARGET = 0.7
-
-
-def reading(i: int) -> dict[str, Any]:
-    rng = random.Random(i)
-    v, a, pf = rng.uniform(0.21, 0.24), rng.uniform(1, 90), rng.uniform(0.85, 0.99)
-    return {
-        "time": f"2026-11-24T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:00Z",
-        "arrival_time": "2026-11-24T12:00:00.000Z",
-        "device_id": f"MTR-{i % 500:04d}",
-        "load": rng.randint(0, 100),
-        "crrnt": round(a, 2),
-        "pf": round(pf, 3),
-        "kva": round(v * a, 3),
-        "kw": round(v * a * pf, 3),
-        "vltg": round(v, 4),
-        "values": {"1.0.1.8.0.255": float(i * 1000)},
-    }
 
 
 def natural_key(i: int, tag: str) -> str:
