@@ -85,7 +85,8 @@ class SpawnedRcpTransport:
     async def _first_line(self) -> str:
         assert self._proc is not None and self._proc.stdout is not None
         try:
-            line = await asyncio.wait_for(self._proc.stdout.readline(), self.startup_timeout)
+            async with asyncio.timeout(self.startup_timeout):
+                line = await self._proc.stdout.readline()
         except TimeoutError:
             raise RadioTimeout(
                 f"virtual RCP (pid {self._proc.pid}) printed no PTY path within "
@@ -133,7 +134,8 @@ class SpawnedRcpTransport:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(proc.wait(), TERMINATE_TIMEOUT_S)
+                    async with asyncio.timeout(TERMINATE_TIMEOUT_S):
+                        await proc.wait()
                 except TimeoutError:
                     log.warning("virtual RCP pid %d ignored SIGTERM; killing it", proc.pid)
                     proc.kill()

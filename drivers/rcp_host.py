@@ -206,7 +206,8 @@ class SpinelTransceiver(Transceiver):
             try:
                 await self._send(encode(0, Cmd.RESET))
                 try:
-                    await asyncio.wait_for(self._reset_seen.wait(), self._reset_timeout)
+                    async with asyncio.timeout(self._reset_timeout):
+                        await self._reset_seen.wait()
                 except TimeoutError:
                     self.stats.timeouts += 1
                     log.warning(
@@ -274,7 +275,8 @@ class SpinelTransceiver(Transceiver):
         if self._rx.empty():
             self._check_failure()
         try:
-            item = await asyncio.wait_for(self._rx.get(), timeout)
+            async with asyncio.timeout(timeout):
+                item = await self._rx.get()
         except TimeoutError:
             return None
         if item is None:
@@ -300,7 +302,8 @@ class SpinelTransceiver(Transceiver):
                 await self.set(Prop.MAC_SCAN_STATE, "C", ScanState.ENERGY)
                 budget = len(remaining) * duration_ms / 1000 + 2 * self._request_timeout
                 try:
-                    await asyncio.wait_for(scan.done.wait(), budget)
+                    async with asyncio.timeout(budget):
+                        await scan.done.wait()
                 except TimeoutError:
                     self.stats.timeouts += 1
                     raise RadioTimeout(
@@ -370,7 +373,8 @@ class SpinelTransceiver(Transceiver):
                 self._pending[tid] = pending
                 try:
                     await self._send(encode(tid, command, prop, payload))
-                    return await asyncio.wait_for(pending.future, timeout)
+                    async with asyncio.timeout(timeout):
+                        return await pending.future
                 except TimeoutError:
                     self.stats.timeouts += 1
                     if attempt < retries:

@@ -451,7 +451,8 @@ class ReconnectingTransceiver(Transceiver):
         if self._state == "closed" and self._rx.empty():
             raise RadioError(f"{self.name}: radio closed")
         try:
-            item = await asyncio.wait_for(self._rx.get(), timeout)
+            async with asyncio.timeout(timeout):
+                item = await self._rx.get()
         except TimeoutError:
             return None
         if item is None:

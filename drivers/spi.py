@@ -367,7 +367,8 @@ class SpiTransport:
             self._wake.clear()
             if line is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):
+                        await self._wake.wait()
                 return
             if self._gpio_wait is None:
                 self._gpio_wait = loop.run_in_executor(self._gpio, line.wait_asserted, GPIO_WAIT_S)

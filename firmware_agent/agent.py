@@ -200,7 +200,8 @@ class HotplugWake:
         try:
             if not self._appeared.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._appeared.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._appeared.wait()
         except asyncio.CancelledError:  # the radio is being closed
             self.stop_watching()
             raise

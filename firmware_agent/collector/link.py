@@ -69,7 +69,8 @@ class UdpMeterLink:
         """The next datagram from the meter without sending (after a stale reply)."""
         _, protocol = await self._open()
         try:
-            got = await asyncio.wait_for(protocol.frames.get(), timeout)
+            async with asyncio.timeout(timeout):
+                got = await protocol.frames.get()
         except TimeoutError:
             raise LinkTimeout(f"no reply from {self.host}:{self.port} in {timeout:g} s") from None
         if isinstance(got, Exception):
@@ -95,14 +96,13 @@ class TcpMeterLink:
     async def _open(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._reader is None or self._writer is None or self._writer.is_closing():
             try:
-                self._reader, self._writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
             except TimeoutError:
                 raise LinkTimeout(f"TCP connect to {self.host}:{self.port} timed out") from None
             except OSError as exc:
                 raise LinkError(f"TCP connect to {self.host}:{self.port}: {exc}") from exc
-        return self._reader, self._writer  # type: ignore[return-value]
+        return self._reader, self._writer
 
     async def request(self, frame: bytes, timeout: float) -> bytes:
         _, writer = await self._open(timeout)
@@ -118,7 +118,8 @@ class TcpMeterLink:
         """The next frame from the stream without sending (after a stale reply)."""
         reader, _ = await self._open(timeout)
         try:
-            return await asyncio.wait_for(read_wrapper_frame(reader), timeout)
+            async with asyncio.timeout(timeout):
+                return await read_wrapper_frame(reader)
         except TimeoutError:
             # The stream position is unknown now: start over on a fresh connection next time.
             await self.close()

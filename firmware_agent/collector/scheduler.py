@@ -410,8 +410,8 @@ class Collector:
             status.last_attempt = self.clock.now()
             started = self.clock.monotonic()
             try:
-                result = await asyncio.wait_for(
-                    read_meter(
+                async with asyncio.timeout(self._read_deadline()):
+                    result = await read_meter(
                         self.link_for(meter),
                         meter,
                         self.clock,
@@ -420,9 +420,7 @@ class Collector:
                         cache=state.cache,
                         plan=plan,
                         session_factory=self.session_factory,
-                    ),
-                    self._read_deadline(),
-                )
+                    )
                 self._commit(meter, result, plan, priority)
             except MeterReadError as exc:
                 self._failed(meter, exc)

@@ -209,6 +209,7 @@ async def measure_device(
     if timeout_s is None:
         return await coro
     try:
-        return await asyncio.wait_for(coro, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await coro
     except TimeoutError:
         raise DeviceError(f"{device}: the radio did not finish within {timeout_s:g} s") from None

@@ -519,7 +519,8 @@ class MeshDatagramLink:
                 f"({result.status.value})"
             )
         try:
-            reply = await asyncio.wait_for(self._replies.get(), timeout)
+            async with asyncio.timeout(timeout):
+                reply = await self._replies.get()
         except TimeoutError:
             raise LinkTimeout(
                 f"meter {self._dst.hex(':')}: no reply in {timeout:g} s (first hop "
@@ -533,7 +534,8 @@ class MeshDatagramLink:
     async def receive(self, timeout: float) -> bytes:
         """The next reply from the meter without sending (after a stale one)."""
         try:
-            return await asyncio.wait_for(self._replies.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await self._replies.get()
         except TimeoutError:
             raise LinkTimeout(f"meter {self._dst.hex(':')}: no reply in {timeout:g} s") from None
 

@@ -195,7 +195,8 @@ class SpinelPropertyHost:
             try:
                 async with self._write_lock:
                     await self._link.send_frame(encode(tid, command, prop, payload))
-                reply = await asyncio.wait_for(future, self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    reply = await future
             except TimeoutError:
                 self.stats.timeouts += 1
                 raise NcpTimeout(
@@ -775,7 +776,8 @@ class TiNcpLink:
             except (NcpError, RadioError, MeshBackendError, ti.TiValueError) as exc:
                 raise LinkError(f"meter {self.node.hex(':')}: {exc}") from exc
             try:
-                return await asyncio.wait_for(queue.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    return await queue.get()
             except TimeoutError:
                 raise LinkTimeout(
                     f"meter {self.node.hex(':')} ({ipv6.format_address(dst)}): no reply over "
@@ -787,7 +789,8 @@ class TiNcpLink:
         async with self._lock:
             dst = self.backend.address_of(self.node)
             try:
-                return await asyncio.wait_for(self.backend._register(dst).get(), timeout)
+                async with asyncio.timeout(timeout):
+                    return await self.backend._register(dst).get()
             except TimeoutError:
                 raise LinkTimeout(
                     f"meter {self.node.hex(':')}: no reply over the NCP in {timeout:g} s"

@@ -189,7 +189,8 @@ class WsbrdBackend:
             bus = MessageBus(
                 bus_address=self._bus_address, bus_type=self._bus_type or BusType.SYSTEM
             )
-            self._bus = await asyncio.wait_for(bus.connect(), CALL_TIMEOUT_S)
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                self._bus = await bus.connect()
         except AuthError as exc:
             raise MeshBackendError(f"wsbrd: access denied by D-Bus at {where}: {exc}") from exc
         except (OSError, TimeoutError, ValueError) as exc:
@@ -252,7 +253,8 @@ class WsbrdBackend:
             bus.disconnect()
             with contextlib.suppress(TimeoutError, OSError, EOFError):
                 waiting = bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
-                await asyncio.wait_for(waiting, CALL_TIMEOUT_S)
+                async with asyncio.timeout(CALL_TIMEOUT_S):
+                    await waiting
 
     # -- more than the seam ---------------------------------------------------------------------
 
@@ -266,7 +268,8 @@ class WsbrdBackend:
         tried again at the next signal or poll (wsbrd restarting is not the agent's end)."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), self.settings.poll_s)
+                async with asyncio.timeout(self.settings.poll_s):
+                    await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self.refresh()
@@ -381,7 +384,8 @@ class WsbrdBackend:
             signature=signature,
             body=body,
         )
-        reply = await asyncio.wait_for(bus.call(message), CALL_TIMEOUT_S)
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            reply = await bus.call(message)
         if reply is None:
             raise MeshBackendError(f"wsbrd: no reply to {member}")
         if reply.message_type is MessageType.ERROR:

@@ -544,7 +544,8 @@ class Uplink:
                 delay = self.tuning.backoff.delay(attempt, self._rng)
                 log.info("uplink: reconnecting to %s in %.2f s", self._where, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop_event.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stop_event.wait()
         finally:
             self._flush_acks()
             self._connected = False
@@ -671,7 +672,8 @@ class Uplink:
         session.last_progress = self._loop.time()
         try:
             try:
-                await asyncio.wait_for(session.connack.wait(), self.tuning.connack_timeout_s)
+                async with asyncio.timeout(self.tuning.connack_timeout_s):
+                    await session.connack.wait()
             except TimeoutError:
                 self._record_error(
                     ConnackTimeout(
@@ -726,7 +728,8 @@ class Uplink:
             self._send_responses(session)
             self._fill_window(session)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tuning.poll_interval_s)
+                async with asyncio.timeout(self.tuning.poll_interval_s):
+                    await self._wake.wait()
 
     async def _supervise(self, session: _Session) -> bool:
         """True (and the session marked failed) if paho's network loop died or stalled."""
@@ -927,7 +930,8 @@ class Uplink:
                 break
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
         if session.closed:
             return
         info = session.client.publish(
@@ -945,7 +949,8 @@ class Uplink:
         session.status_acked.clear()
         wait = min(1.0, max(0.2, self._flush_deadline - self._loop.time()))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(session.status_acked.wait(), wait)
+            async with asyncio.timeout(wait):
+                await session.status_acked.wait()
         session.user_disconnect = True
         session.client.disconnect()
 
@@ -1133,7 +1138,8 @@ class Uplink:
         handler: CommandHandler = self.command_handler
         try:
             pending: Awaitable[CommandResponse | None] = handler(request)
-            response = await asyncio.wait_for(pending, self.tuning.command_timeout_s)
+            async with asyncio.timeout(self.tuning.command_timeout_s):
+                response = await pending
         except TimeoutError:
             self._count_reject(RejectReason.HANDLER_TIMEOUT)
             response = error_response(

@@ -113,7 +113,8 @@ async def hes_diag(diag: Pki, port: int, *args: str, as_json: bool = True) -> di
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60.0)
+    async with asyncio.timeout(60.0):
+        out, err = await proc.communicate()
     if not as_json:
         return {
             "text": out.decode(),
@@ -217,7 +218,8 @@ async def lab(workdir: Path, model: WsbrdModel, move: tuple[bytes, bytes] | None
             out["dtsn_before_stop"] = model.dtsn
         finally:
             agent.stop()
-            out["agent_exit"] = await asyncio.wait_for(run, 60.0)
+            async with asyncio.timeout(60.0):
+                out["agent_exit"] = await run
             for svc in meters.values():
                 svc.close()
             await service.close()

@@ -100,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     model = model_from_text(args.nodes.read_text())
+
+    async def bounded(address: str) -> dict[str, Any]:
+        async with asyncio.timeout(60.0):
+            return await read_all(config, model, address)
+
     with PrivateBus() as bus:
-        result = asyncio.run(asyncio.wait_for(read_all(config, model, bus.address), 60.0))
+        result = asyncio.run(bounded(bus.address))
     json.dump(result, sys.stdout, default=str)
     sys.stdout.write("\n")
     return 0
