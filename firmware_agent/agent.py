@@ -502,6 +502,9 @@ class Agent:
                     stall_timeout_s=cfg.uplink.stall_timeout_s,
                     clock_skew_limit_s=cfg.uplink.clock_skew_limit_s,
                     cert_warning_days=cfg.uplink.cert_warning_days,
+                    status_interval_s=cfg.uplink.status_interval_s,
+                    ack_batch_records=cfg.uplink.ack_batch_records,
+                    ack_max_delay_s=cfg.uplink.ack_max_delay_s,
                 ),
                 command_handler=self.commands.handle,
             )

@@ -144,8 +144,7 @@ def summary(config: Config) -> str:
         pairs = ", ".join(f"{k}={v}" for k, v in config.radio.match.items())
         radio += f" (board matching {{{pairs}}})"
     return (
-        f"gateway {config.gateway.id}, radio {radio}, "
-        f"broker {config.uplink.broker_url}, {meters}"
+        f"gateway {config.gateway.id}, radio {radio}, broker {config.uplink.broker_url}, {meters}"
     )
 
 

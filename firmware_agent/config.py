@@ -479,6 +479,13 @@ class UplinkConfig:
     clock_skew_limit_s: float = field(default=300.0, metadata=rules(positive))
     # Warn this many days before the client certificate expires.
     cert_warning_days: int = field(default=30, metadata=rules(in_range(0, 3650)))
+    # Re-publish the retained "online" status with the spool's figures this often; 0: only
+    # at connect.
+    status_interval_s: float = field(default=300.0, metadata=rules(in_range(0, 86400)))
+    # Acknowledged records are deleted from the spool in groups this large, or this old (at
+    # once when nothing is in flight): a delete costs about one index page per record.
+    ack_batch_records: int = field(default=20_000, metadata=rules(in_range(1, 1_000_000)))
+    ack_max_delay_s: float = field(default=0.5, metadata=rules(in_range(0, 60)))
     commands: CommandsConfig = field(default_factory=CommandsConfig)
 
     @property

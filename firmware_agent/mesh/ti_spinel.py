@@ -313,8 +313,7 @@ def encode_nbr_metrics(metrics: NeighbourMetrics) -> bytes:
 def decode_nbr_metrics(value: bytes) -> NeighbourMetrics:
     if len(value) < 12:
         raise TiValueError(
-            f"PHY_NBR_METRICS: {len(value)} bytes, need 12 (EUI-64, RSL in, RSL out): "
-            f"{value.hex()}"
+            f"PHY_NBR_METRICS: {len(value)} bytes, need 12 (EUI-64, RSL in, RSL out): {value.hex()}"
         )
     eui64, raw_in, raw_out = unpack("ESS", value)
     assert isinstance(eui64, bytes) and isinstance(raw_in, int) and isinstance(raw_out, int)

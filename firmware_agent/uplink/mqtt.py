@@ -39,6 +39,7 @@ import contextlib
 import enum
 import functools
 import logging
+import math
 import random
 import socket
 import ssl
@@ -298,6 +299,7 @@ class UplinkTuning:
     poll_interval_s: float = 1.0  # re-check the spool (and paho's thread) even without a wake-up
     ack_batch_records: int = 20_000  # delete acknowledged records in groups this large ...
     ack_max_delay_s: float = 0.5  # ... or this old (at once when nothing is in flight)
+    status_interval_s: float = 300.0  # re-publish "online" with spool figures; 0: at connect only
     stall_timeout_s: float = 60.0  # in-flight messages with no PUBACK this long: loop stalled
     command_timeout_s: float = 300.0  # a handler taking longer gets a handler-timeout reply
     max_concurrent_commands: int = 16
@@ -363,6 +365,7 @@ class _Session:
     last_log_error: str = ""
     error: UplinkError | None = None
     last_progress: float = 0.0  # loop time of the last PUBACK / CONNACK
+    status_due: float = math.inf  # loop time of the next periodic "online" status
     response_mids: dict[int, int] = field(default_factory=dict)  # mid → response token
     responses_sent: set[int] = field(default_factory=set)
 
@@ -727,6 +730,9 @@ class Uplink:
             self._flush_acks(session)
             self._send_responses(session)
             self._fill_window(session)
+            assert self._loop is not None
+            if self._loop.time() >= session.status_due:
+                self._publish_status(session, payloads.STATUS_ONLINE)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.tuning.poll_interval_s):
                     await self._wake.wait()
@@ -761,6 +767,25 @@ class Uplink:
         self._loop_restarts += 1
         self._record_error(err, session)
         return True
+
+    def _publish_status(self, session: _Session, state: str, reason: str = "") -> None:
+        """The retained status with the spool's figures now (depth per class, bytes used of
+        the budget, aged-out and refused counts, a Queue Depth Exceeded episode), so a head
+        end sees a backlog building on a gateway that is online; "online" is repeated every
+        ``status_interval_s``."""
+        try:
+            figures: dict[str, object] | None = self._spool.stats().to_dict()
+        except Exception as exc:  # a status without figures beats no status
+            log.warning("uplink: spool figures for the status message unavailable: %s", exc)
+            figures = None
+        payload = payloads.encode_status(
+            self.gateway_id, state, sent_at=self._clock.now(), reason=reason, spool=figures
+        )
+        info = session.client.publish(self.status_topic, payload, qos=1, retain=True)
+        session.status_mid = info.mid
+        interval = self.tuning.status_interval_s
+        if state == payloads.STATUS_ONLINE and interval > 0 and self._loop is not None:
+            session.status_due = self._loop.time() + interval
 
     def _send_responses(self, session: _Session) -> None:
         """(Re)publish command replies not yet sent on this connection; drop expired ones."""
@@ -934,19 +959,8 @@ class Uplink:
                     await self._wake.wait()
         if session.closed:
             return
-        info = session.client.publish(
-            self.status_topic,
-            payloads.encode_status(
-                self.gateway_id,
-                payloads.STATUS_OFFLINE,
-                sent_at=self._clock.now(),
-                reason="shutdown",
-            ),
-            qos=1,
-            retain=True,
-        )
-        session.status_mid = info.mid
         session.status_acked.clear()
+        self._publish_status(session, payloads.STATUS_OFFLINE, "shutdown")
         wait = min(1.0, max(0.2, self._flush_deadline - self._loop.time()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
@@ -981,15 +995,7 @@ class Uplink:
             receive_max = getattr(props, "ReceiveMaximum", None) if props is not None else None
             if isinstance(receive_max, int) and receive_max > 0:
                 s.receive_maximum = receive_max
-            info = s.client.publish(
-                self.status_topic,
-                payloads.encode_status(
-                    self.gateway_id, payloads.STATUS_ONLINE, sent_at=self._clock.now()
-                ),
-                qos=1,
-                retain=True,
-            )
-            s.status_mid = info.mid
+            self._publish_status(s, payloads.STATUS_ONLINE)
             s.last_progress = self._loop.time() if self._loop is not None else 0.0
             s.client.subscribe(self.command_filter, options=SubscribeOptions(qos=1, noLocal=True))
             log.info(

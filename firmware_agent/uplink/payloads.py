@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,21 +306,32 @@ class StatusMessage:
     state: str  # "online" | "offline"
     sent_at: str
     reason: str
+    spool: dict[str, Any] | None = None  # SpoolStats.to_dict() when sent; none in the last will
 
 
-def encode_status(gateway_id: str, state: str, *, sent_at: float, reason: str = "") -> bytes:
+def encode_status(
+    gateway_id: str,
+    state: str,
+    *,
+    sent_at: float,
+    reason: str = "",
+    spool: Mapping[str, object] | None = None,
+) -> bytes:
     """A retained status message. For the last will, ``sent_at`` is when the will was
-    registered (connect time): the broker publishes it later, unchanged."""
+    registered (connect time): the broker publishes it later, unchanged, so it carries no
+    ``spool`` figures (they would be stale by then)."""
     check_topic_level("gateway_id", gateway_id)
     if state not in (STATUS_ONLINE, STATUS_OFFLINE):
         raise PayloadError("state", f"{state!r}, expected 'online' or 'offline'")
-    doc = {
+    doc: dict[str, object] = {
         "schema": STATUS_SCHEMA,
         "gateway_id": gateway_id,
         "state": state,
         "sent_at": iso_utc(sent_at),
         "reason": reason,
     }
+    if spool is not None:
+        doc["spool"] = dict(spool)
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -337,7 +348,10 @@ def decode_status(payload: bytes) -> StatusMessage:
     reason = doc.get("reason", "")
     if not isinstance(reason, str):
         raise PayloadError("reason", "must be a string")
-    return StatusMessage(gateway_id, state, sent_at, reason)
+    spool = doc.get("spool")
+    if spool is not None and not isinstance(spool, dict):
+        raise PayloadError("spool", "must be an object")
+    return StatusMessage(gateway_id, state, sent_at, reason, spool)
 
 
 __all__ = [

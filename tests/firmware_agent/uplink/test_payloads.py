@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firmware_agent.spool import Priority, SpoolRecord
+from firmware_agent.clock import SystemClock
+from firmware_agent.spool import Priority, Spool, SpoolRecord
 from firmware_agent.uplink import payloads as p
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -61,6 +62,22 @@ def test_status_round_trip_and_schema() -> None:
         assert p.decode_status(data).state == state
     with pytest.raises(p.PayloadError, match="state"):
         p.encode_status("gateway-01", "sleeping", sent_at=0)
+
+
+def test_status_with_spool_figures(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db", SystemClock()) as spool:
+        spool.add([({"kw": 1.0}, "m1|1.0.1.8.0.255|t0")], Priority.INTERVAL)
+        figures = spool.stats().to_dict()
+    data = p.encode_status("gateway-01", "online", sent_at=1_700_000_000, spool=figures)
+    jsonschema.validate(json.loads(data), STATUS)
+    got = p.decode_status(data).spool
+    assert got is not None and got["depth_by_class"]["interval"] == 1 and got["depth"] == 1
+    assert p.decode_status(p.encode_status("gw", "online", sent_at=0)).spool is None
+    broken = json.loads(data) | {"spool": [1]}
+    with pytest.raises(p.PayloadError, match="spool"):
+        p.decode_status(json.dumps(broken).encode())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(json.loads(data) | {"spool": {"depth": -1}}, STATUS)
 
 
 def test_size_cap() -> None:

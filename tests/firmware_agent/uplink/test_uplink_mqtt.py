@@ -82,6 +82,55 @@ def test_records_reach_head_end_and_leave_spool(
     assert not uplink.stats.connected
 
 
+def test_status_carries_the_spool_figures_and_online_repeats(
+    mtls_pki: Pki,
+    mqtt_broker: Mosquitto,
+    make_uplink_config: Callable[..., UplinkConfig],
+    spool: Spool,
+) -> None:
+    """A head end sees the backlog in the retained status: per class at connect, again every
+    ``status_interval_s`` while online, and what was left at a clean stop."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = Path(__file__).resolve().parents[3] / "docs" / "schemas"
+    status_schema = json.loads((schemas / "status.schema.json").read_text())
+    spool.add(readings(30), Priority.INTERVAL)
+    spool.add([({"device_id": "m9", "event": "last gasp"}, "m9/alarm/1")], Priority.ALARM)
+    tuning = UplinkTuning(
+        backoff=FAST.backoff, connect_timeout_s=2.0, status_interval_s=0.4, poll_interval_s=0.1
+    )
+    uplink = Uplink(make_uplink_config(), GATEWAY, spool, SystemClock(), tuning=tuning)
+    # Nothing is published before this test's head end is listening: the uplink starts after.
+    with HeadEnd(mqtt_broker.host, mqtt_broker.port, mtls_pki) as he:
+
+        async def body(up: Uplink) -> None:
+            await eventually(lambda: len(he.store.status_history) >= 3, 5, "repeated status")
+            await he.wait_for_records_async(31, 5)
+            await eventually(lambda: spool.depth() == 0, 5, "spool to drain")
+            n = len(he.store.status_history)
+            await eventually(
+                lambda: len(he.store.status_history) >= n + 1, 5, "a status after the drain"
+            )
+
+        run_with_uplink(uplink, body)
+        he.wait_for_status(GATEWAY, "offline", 5)
+        history = list(he.store.status_history)
+    first, last = history[0], history[-1]
+    assert first.state == "online" and first.spool is not None
+    assert first.spool["depth_by_class"] == {"alarm": 1, "on_demand": 0, "interval": 30}
+    assert first.spool["depth"] == 31 and first.spool["queue_depth_exceeded"] is None
+    assert first.spool["max_bytes"] == spool.max_bytes > first.spool["used_bytes"] > 0
+    onlines = [m for m in history if m.state == "online"]
+    assert len(onlines) >= 3
+    drained = [m for m in onlines if m.spool is not None and m.spool["depth"] == 0]
+    assert drained, [m.spool for m in onlines]  # a repeat after the drain shows it
+    assert last.state == "offline" and last.reason == "shutdown"
+    assert last.spool is not None and last.spool["depth"] == 0
+    assert last.spool["acked"] == 31
+    for m in history:
+        doc = {k: v for k, v in vars(m).items() if v is not None}
+        jsonschema.validate({"schema": "status/1", **doc}, status_schema)
+
+
 def test_records_added_while_running_are_sent(
     mtls_pki: Pki,
     mqtt_broker: Mosquitto,

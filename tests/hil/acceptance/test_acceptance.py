@@ -52,6 +52,14 @@ def test_meters_join_and_the_mesh_forms(gateway: Gateway, record_property: Recor
         gateway.wait(reachable, 30, f"for {meter} to answer a ping")
 
 
+def test_the_status_message_carries_the_spool_figures(gateway: Gateway) -> None:
+    """The retained "online" status tells the head end what the gateway holds (docs/mqtt.md)."""
+    status = gateway.headend.wait_for_status(gateway.id, "online", 30)
+    assert status.spool is not None, status
+    assert set(status.spool["depth_by_class"]) == {"alarm", "on_demand", "interval"}
+    assert status.spool["max_bytes"] > 0 and status.spool["queue_depth_exceeded"] is None
+
+
 def _check_snr(gw: Gateway) -> tuple[int, dict[str, Any]]:
     done = gw.hes_diag("--check-snr", gw.id, "--json", "--probes", "2")
     assert done.returncode in (0, 1), done.stderr[-2000:]
