@@ -2,10 +2,11 @@
 
 Runs over any frame-level link (:class:`~drivers.framing.FrameTransport`): HDLC-lite over a byte
 stream for UART and PTY, raw frames behind SPI transfer headers for SPI. One reader task decodes
-everything the board sends: replies are matched to requests by TID (1..15),
-unsolicited STREAM_RAW frames go to a bounded receive queue, and an unsolicited RESET_* status is
-treated as the board rebooting behind our back, so the settings the mesh relies on (PHY enabled,
-channel, TX power, raw stream) are re-applied without the caller noticing.
+everything the board sends (:class:`~drivers.spinel_host.SpinelHost`): replies are matched to
+requests by TID (1..15), unsolicited STREAM_RAW frames go to a bounded receive queue, and an
+unsolicited RESET_* status is treated as the board rebooting behind our back, so the settings
+the mesh relies on (PHY enabled, channel, TX power, raw stream) are re-applied without the
+caller noticing.
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from drivers.framing import (
-    ByteTransport,
-    FrameTransport,
-    FramingError,
-    as_frame_transport,
-)
+from drivers.framing import ByteTransport, FrameTransport, as_frame_transport
 from drivers.spinel import (
     NOISE_FLOOR_UNKNOWN,
-    TID_MAX,
     Cmd,
     Prop,
     RawTxRequest,
@@ -32,7 +27,6 @@ from drivers.spinel import (
     SpinelFrame,
     Status,
     Value,
-    decode_frame,
     decode_rx_frame,
     decode_tx_done,
     encode,
@@ -44,6 +38,7 @@ from drivers.spinel import (
     unpack,
     unpack_uint,
 )
+from drivers.spinel_host import LinkStats, SpinelHost
 from drivers.transceiver import (
     RadioError,
     RadioInfo,
@@ -63,25 +58,13 @@ __all__ = ["ByteTransport", "FrameTransport", "SpinelStats", "SpinelTransceiver"
 
 
 @dataclass
-class SpinelStats:
+class SpinelStats(LinkStats):
     """Counters a diag API can show; every dropped or odd input is counted somewhere here."""
 
-    framing_errors: int = 0  # any framing (HDLC or SPI) error
-    hdlc_errors: int = 0  # the HDLC-lite share of framing_errors
-    spinel_errors: int = 0
-    unmatched_replies: int = 0
     unexpected_resets: int = 0
-    timeouts: int = 0
-    retries: int = 0
     rx_frames: int = 0
     rx_dropped: int = 0
     unsolicited_other: int = 0
-
-
-@dataclass
-class _Pending:
-    prop: int | None
-    future: asyncio.Future[SpinelFrame]
 
 
 @dataclass
@@ -119,17 +102,18 @@ class SpinelTransceiver(Transceiver):
         self._reset_listeners: list[Callable[[int], None]] = []
         if on_reset is not None:
             self._reset_listeners.append(on_reset)
-        self._pending: dict[int, _Pending] = {}
-        self._tids = asyncio.Semaphore(TID_MAX)
-        self._last_tid = 0
-        self._write_lock = asyncio.Lock()
+        self._host = SpinelHost(
+            self._link,
+            name=name,
+            stats=self.stats,
+            on_unsolicited=self._on_unsolicited,
+            on_failure=self._on_link_failure,
+        )
         self._rx: asyncio.Queue[RxFrame | None] = asyncio.Queue(rx_queue_size)
-        self._reader: asyncio.Task[None] | None = None
         self._reapply: asyncio.Task[None] | None = None
         self._expect_reset = False
         self._reset_seen = asyncio.Event()
         self._scan: _Scan | None = None
-        self._failure: RadioError | None = None
         self._opened = False
         # What we re-apply after an unexpected reset.
         self._channel: int | None = None
@@ -159,8 +143,7 @@ class SpinelTransceiver(Transceiver):
         if self._opened:
             raise RadioError(f"{self.name}: already open")
         self._opened = True
-        await self._link.open()
-        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.name}-spinel-reader")
+        await self._host.open()
         try:
             await self._reset_board()
             major, minor = (_int(v) for v in await self.get(Prop.PROTOCOL_VERSION, "ii"))
@@ -187,24 +170,20 @@ class SpinelTransceiver(Transceiver):
         return self.info
 
     async def close(self) -> None:
-        tasks = [t for t in (self._reader, self._reapply) if t is not None]
-        self._reader = self._reapply = None
+        task, self._reapply = self._reapply, None
         try:
-            for task in tasks:
+            if task is not None:
                 task.cancel()
-            if tasks:
-                await asyncio.wait(tasks)
+                await asyncio.wait([task])
         finally:
-            self._link.close()
-            self._fail(RadioError(f"{self.name}: radio closed"))
-            await self._link.wait_closed()
+            await self._host.close("radio closed")
 
     async def _reset_board(self) -> None:
         for attempt in range(self._retries + 1):
             self._reset_seen.clear()
             self._expect_reset = True
             try:
-                await self._send(encode(0, Cmd.RESET))
+                await self._host.send(encode(0, Cmd.RESET))
                 try:
                     async with asyncio.timeout(self._reset_timeout):
                         await self._reset_seen.wait()
@@ -217,7 +196,7 @@ class SpinelTransceiver(Transceiver):
                         attempt + 1,
                     )
                     continue
-                self._check_failure()
+                self._host.check()
                 return
             finally:
                 self._expect_reset = False
@@ -273,7 +252,7 @@ class SpinelTransceiver(Transceiver):
 
     async def receive(self, timeout: float | None = None) -> RxFrame | None:
         if self._rx.empty():
-            self._check_failure()
+            self._host.check()
         try:
             async with asyncio.timeout(timeout):
                 item = await self._rx.get()
@@ -281,7 +260,7 @@ class SpinelTransceiver(Transceiver):
             return None
         if item is None:
             self._rx.put_nowait(None)  # keep waking later receivers too
-            raise self._failure or RadioError(f"{self.name}: radio closed")
+            raise self._host.failure or RadioError(f"{self.name}: radio closed")
         return item
 
     async def energy_scan(self, channels: list[int], duration_ms: int) -> dict[int, int]:
@@ -312,7 +291,7 @@ class SpinelTransceiver(Transceiver):
                     ) from None
             finally:
                 self._scan = None
-            self._check_failure()
+            self._host.check()
             got = {ch: v for ch, v in scan.results.items() if ch in remaining}
             if not got:
                 raise RadioError(f"{self.name}: energy scan of {remaining} returned no result")
@@ -361,53 +340,16 @@ class SpinelTransceiver(Transceiver):
         timeout: float | None = None,
         retries: int | None = None,
     ) -> SpinelFrame:
-        timeout = self._request_timeout if timeout is None else timeout
-        retries = self._retries if retries is None else retries
-        what = f"{Cmd(command).name} {prop_name(prop)}"
-        loop = asyncio.get_running_loop()
-        for attempt in range(retries + 1):
-            self._check_failure()
-            async with self._tids:
-                tid = self._alloc_tid()
-                pending = _Pending(prop, loop.create_future())
-                self._pending[tid] = pending
-                try:
-                    await self._send(encode(tid, command, prop, payload))
-                    async with asyncio.timeout(timeout):
-                        return await pending.future
-                except TimeoutError:
-                    self.stats.timeouts += 1
-                    if attempt < retries:
-                        self.stats.retries += 1
-                        log.warning("%s: %s timed out (TID %d), retrying", self.name, what, tid)
-                finally:
-                    del self._pending[tid]
-        raise RadioTimeout(
-            f"{self.name}: no reply to {what} after {retries + 1} attempt(s) of {timeout:g} s"
+        return await self._host.request(
+            command,
+            prop,
+            payload,
+            timeout=self._request_timeout if timeout is None else timeout,
+            retries=self._retries if retries is None else retries,
         )
 
-    def _alloc_tid(self) -> int:
-        for step in range(1, TID_MAX + 1):
-            tid = (self._last_tid + step - 1) % TID_MAX + 1
-            if tid not in self._pending:
-                self._last_tid = tid
-                return tid
-        raise RadioError(f"{self.name}: no free TID")  # pragma: no cover - semaphore prevents it
-
-    async def _send(self, spinel_frame: bytes) -> None:
-        async with self._write_lock:
-            await self._link.send_frame(spinel_frame)
-
-    def _check_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
-    def _fail(self, error: RadioError) -> None:
-        if self._failure is None:
-            self._failure = error
-        for pending in self._pending.values():
-            if not pending.future.done():
-                pending.future.set_exception(self._failure)
+    def _on_link_failure(self, error: RadioError) -> None:
+        """Wake whoever waits on the board (a receiver, a reset, a scan): it is gone."""
         if self._rx.full():
             self._rx.get_nowait()
         self._rx.put_nowait(None)
@@ -417,41 +359,7 @@ class SpinelTransceiver(Transceiver):
 
     # --- receive path --------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                item = await self._link.recv_frame()
-                if isinstance(item, FramingError):
-                    self.stats.framing_errors += 1
-                    if item.kind == "hdlc":
-                        self.stats.hdlc_errors += 1
-                    log.warning("%s: %s: %s", self.name, item, item.data.hex())
-                    continue
-                try:
-                    self._dispatch(decode_frame(item))
-                except SpinelError as exc:
-                    self.stats.spinel_errors += 1
-                    log.warning("%s: bad Spinel frame %s: %s", self.name, item.hex(), exc)
-        except RadioError as exc:
-            self._fail(exc)
-        except Exception as exc:  # a bug here must not leave requests hanging forever
-            log.exception("%s: Spinel reader failed", self.name)
-            self._fail(RadioError(f"{self.name}: Spinel reader failed: {exc!r}"))
-
-    def _dispatch(self, frame: SpinelFrame) -> None:
-        if frame.tid:
-            pending = self._pending.get(frame.tid)
-            if (
-                pending is not None
-                and not pending.future.done()
-                and frame.command == Cmd.PROP_VALUE_IS
-                and frame.prop in (pending.prop, Prop.LAST_STATUS)
-            ):
-                pending.future.set_result(frame)
-            else:
-                self.stats.unmatched_replies += 1
-                log.warning("%s: reply matches no request: %s", self.name, frame.describe())
-            return
+    def _on_unsolicited(self, frame: SpinelFrame) -> None:
         if frame.command != Cmd.PROP_VALUE_IS:
             self.stats.unsolicited_other += 1
             log.debug("%s: unsolicited %s", self.name, frame.describe())

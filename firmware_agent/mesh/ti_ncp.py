@@ -26,28 +26,25 @@ from urllib.parse import urlsplit
 from drivers.framing import (
     ByteTransport,
     FrameTransport,
-    FramingError,
     HdlcFrameTransport,
     as_frame_transport,
 )
 from drivers.pty_spawn import SpawnedRcpTransport, rcp_command
 from drivers.spi import SpiTransport, parse_spi_url
 from drivers.spinel import (
-    TID_MAX,
     Cmd,
     Prop,
     SpinelError,
     SpinelFrame,
     Status,
-    decode_frame,
-    encode,
     is_reset_status,
     pack,
     status_name,
     unpack,
     unpack_uint,
 )
-from drivers.transceiver import RadioError
+from drivers.spinel_host import LinkStats, SpinelHost
+from drivers.transceiver import RadioError, RadioTimeout
 from drivers.uart import SerialTransport, parse_uart_url
 from firmware_agent.clock import Clock
 from firmware_agent.collector.link import LinkError, LinkTimeout, MeterLink
@@ -130,18 +127,15 @@ class NcpTimeout(NcpError):
 
 
 @dataclass
-class NcpHostStats:
-    framing_errors: int = 0
-    spinel_errors: int = 0
-    unmatched_replies: int = 0
+class NcpHostStats(LinkStats):
     resets: int = 0
-    timeouts: int = 0
 
 
 class SpinelPropertyHost:
-    """Property GET/SET over a Spinel frame link, matched by TID; unsolicited STREAM_NET
-    values and board resets go to callbacks. No board reset at open: resetting a border router
-    would drop the whole network."""
+    """Property GET/SET on the NCP (values as raw bytes; a LAST_STATUS other than OK is
+    ``NcpRefused``) over the shared Spinel request/reply host; unsolicited STREAM_NET values
+    and board resets go to callbacks. No board reset at open: resetting a border router would
+    drop the whole network."""
 
     def __init__(
         self,
@@ -154,29 +148,26 @@ class SpinelPropertyHost:
     ) -> None:
         self.name = name
         self.stats = NcpHostStats()
-        self._link = link
         self._timeout = request_timeout
         self._on_stream_net = on_stream_net
         self._on_reset = on_reset
-        self._pending: dict[int, tuple[int, asyncio.Future[SpinelFrame]]] = {}
-        self._tids = asyncio.Semaphore(TID_MAX)
-        self._last_tid = 0
-        self._write_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
-        self.failure: RadioError | None = None
+        self._spinel = SpinelHost(
+            link,
+            name=name,
+            stats=self.stats,
+            on_unsolicited=self._on_unsolicited,
+            describe=ti_prop_name,
+        )
+
+    @property
+    def failure(self) -> RadioError | None:
+        return self._spinel.failure
 
     async def open(self) -> None:
-        await self._link.open()
-        self._reader = asyncio.create_task(self._read_loop(), name=f"{self.name}-spinel-reader")
+        await self._spinel.open()
 
     async def close(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            await asyncio.wait([reader])
-        self._link.close()
-        self._fail(RadioError(f"{self.name}: link closed"))
-        await self._link.wait_closed()
+        await self._spinel.close()
 
     async def get(self, prop: int) -> bytes:
         return await self._request(Cmd.PROP_VALUE_GET, prop, b"")
@@ -185,79 +176,19 @@ class SpinelPropertyHost:
         return await self._request(Cmd.PROP_VALUE_SET, prop, value)
 
     async def _request(self, command: int, prop: int, payload: bytes) -> bytes:
-        what = f"{Cmd(command).name} {ti_prop_name(prop)}"
-        if self.failure is not None:
-            raise self.failure
-        async with self._tids:
-            tid = self._alloc_tid()
-            future: asyncio.Future[SpinelFrame] = asyncio.get_running_loop().create_future()
-            self._pending[tid] = (prop, future)
-            try:
-                async with self._write_lock:
-                    await self._link.send_frame(encode(tid, command, prop, payload))
-                async with asyncio.timeout(self._timeout):
-                    reply = await future
-            except TimeoutError:
-                self.stats.timeouts += 1
-                raise NcpTimeout(
-                    f"{self.name}: no reply to {what} in {self._timeout:g} s"
-                ) from None
-            finally:
-                del self._pending[tid]
+        try:
+            reply = await self._spinel.request(command, prop, payload, timeout=self._timeout)
+        except RadioTimeout as exc:
+            raise NcpTimeout(str(exc)) from None
         if reply.prop == Prop.LAST_STATUS and prop != Prop.LAST_STATUS:
             status = _status_of(reply.payload)
             if status != Status.OK:
+                what = f"{Cmd(command).name} {ti_prop_name(prop)}"
                 raise NcpRefused(f"{self.name}: NCP refused {what}: {status_name(status)}", status)
         return reply.payload
 
-    def _alloc_tid(self) -> int:
-        for step in range(1, TID_MAX + 1):
-            tid = (self._last_tid + step - 1) % TID_MAX + 1
-            if tid not in self._pending:
-                self._last_tid = tid
-                return tid
-        raise RadioError(f"{self.name}: no free TID")  # pragma: no cover - semaphore prevents it
-
-    def _fail(self, error: RadioError) -> None:
-        if self.failure is None:
-            self.failure = error
-        for _, future in self._pending.values():
-            if not future.done():
-                future.set_exception(self.failure)
-
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                item = await self._link.recv_frame()
-                if isinstance(item, FramingError):
-                    self.stats.framing_errors += 1
-                    log.warning("%s: %s: %s", self.name, item, item.data.hex())
-                    continue
-                try:
-                    self._dispatch(decode_frame(item))
-                except SpinelError as exc:
-                    self.stats.spinel_errors += 1
-                    log.warning("%s: bad Spinel frame %s: %s", self.name, item.hex(), exc)
-        except RadioError as exc:
-            self._fail(exc)
-        except Exception as exc:  # a bug here must not leave requests hanging forever
-            log.exception("%s: Spinel reader failed", self.name)
-            self._fail(RadioError(f"{self.name}: Spinel reader failed: {exc!r}"))
-
-    def _dispatch(self, frame: SpinelFrame) -> None:
+    def _on_unsolicited(self, frame: SpinelFrame) -> None:
         if frame.command != Cmd.PROP_VALUE_IS:
-            return
-        if frame.tid:
-            pending = self._pending.get(frame.tid)
-            if (
-                pending is not None
-                and not pending[1].done()
-                and frame.prop in (pending[0], Prop.LAST_STATUS)
-            ):
-                pending[1].set_result(frame)
-            else:
-                self.stats.unmatched_replies += 1
-                log.warning("%s: reply matches no request: %s", self.name, frame.describe())
             return
         if frame.prop == ti.PROP_STREAM_NET and self._on_stream_net is not None:
             self._on_stream_net(frame.payload)
@@ -266,14 +197,12 @@ class SpinelPropertyHost:
             if is_reset_status(status):
                 self.stats.resets += 1
                 # A board that reset answers nothing it was asked before.
-                for prop, future in self._pending.values():
-                    if not future.done():
-                        future.set_exception(
-                            NcpError(
-                                f"{self.name}: the NCP reset ({status_name(status)}) before "
-                                f"answering {ti_prop_name(prop)}"
-                            )
-                        )
+                self._spinel.abandon(
+                    lambda prop: NcpError(
+                        f"{self.name}: the NCP reset ({status_name(status)}) before "
+                        f"answering {ti_prop_name(prop)}"
+                    )
+                )
                 if self._on_reset is not None:
                     self._on_reset(status)
 

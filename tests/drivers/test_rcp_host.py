@@ -27,6 +27,7 @@ from firmware_agent.clock import ManualClock
 from firmware_agent.mesh import frames
 from hil.medium import Medium
 from hil.rcp import PtyBoard, VirtualRcp, default_acker
+from hil.scripted_pty import raw_pty, read_frames
 
 GW = bytes.fromhex("0257530000000001")
 METER = bytes.fromhex("00124b0000000042")
@@ -235,41 +236,6 @@ def test_unknown_url_option_and_missing_port() -> None:
             await radio.open()
 
     run(go)
-
-
-@contextlib.asynccontextmanager
-async def raw_pty() -> AsyncIterator[tuple[int, str]]:
-    """A bare PTY whose master the test drives by hand (a scripted 'board')."""
-    import tty
-
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
-
-
-async def read_frames(master: int, decoder: HdlcDecoder) -> list[bytes]:
-    """The next good frames the host wrote (waits for at least one)."""
-    out: list[bytes] = []
-    loop = asyncio.get_running_loop()
-    while not out:
-        ready: asyncio.Future[None] = loop.create_future()
-
-        def wake(fut: asyncio.Future[None] = ready) -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        loop.add_reader(master, wake)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(master)
-        out += [f for f in decoder.feed(os.read(master, 4096)) if isinstance(f, bytes)]
-    return out
 
 
 def test_silent_board_times_out_with_named_reason() -> None:
