@@ -2,7 +2,7 @@
 
 Runs over any frame-level link (:class:`~drivers.framing.FrameTransport`): HDLC-lite over a byte
 stream for UART and PTY, raw frames behind SPI transfer headers for SPI. One reader task decodes
-everything the board sends (:class:`~drivers.spinel_host.SpinelHost`): replies are matched to
+everything the board sends (:class:`~drivers.host_link.SpinelHost`): replies are matched to
 requests by TID (1..15), unsolicited STREAM_RAW frames go to a bounded receive queue, and an
 unsolicited RESET_* status is treated as the board rebooting behind our back, so the settings
 the mesh relies on (PHY enabled, channel, TX power, raw stream) are re-applied without the
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.framing import ByteTransport, FrameTransport, as_frame_transport
+from drivers.host_link import LinkStats, SpinelHost
 from drivers.spinel import (
     NOISE_FLOOR_UNKNOWN,
     Cmd,
@@ -38,7 +39,6 @@ from drivers.spinel import (
     unpack,
     unpack_uint,
 )
-from drivers.spinel_host import LinkStats, SpinelHost
 from drivers.transceiver import (
     RadioError,
     RadioInfo,

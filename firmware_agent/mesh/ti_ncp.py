@@ -29,6 +29,7 @@ from drivers.framing import (
     HdlcFrameTransport,
     as_frame_transport,
 )
+from drivers.host_link import LinkStats, SpinelHost
 from drivers.pty_spawn import SpawnedRcpTransport, rcp_command
 from drivers.spi import SpiTransport, parse_spi_url
 from drivers.spinel import (
@@ -43,7 +44,6 @@ from drivers.spinel import (
     unpack,
     unpack_uint,
 )
-from drivers.spinel_host import LinkStats, SpinelHost
 from drivers.transceiver import RadioError, RadioTimeout
 from drivers.uart import SerialTransport, parse_uart_url
 from firmware_agent.clock import Clock
