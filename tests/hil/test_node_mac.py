@@ -40,12 +40,15 @@ class Radio:
 
 
 def world(
-    loop: asyncio.AbstractEventLoop, *spots: tuple[bytes, float]
+    loop: asyncio.AbstractEventLoop,
+    *spots: tuple[bytes, float],
+    sender_config: MacConfig | None = None,
 ) -> tuple[Medium, list[Radio]]:
+    """Radios on a line; the first one (the sender) may get its own MAC config."""
     medium = Medium(random.Random(7), scheduler=loop, shadowing_sigma_db=0.0)
     radios = []
     for eui, x in spots:
-        radio = Radio(eui, medium)
+        radio = Radio(eui, medium, sender_config if not radios else None)
         medium.attach(radio, (x, 0.0))
         radios.append(radio)
     return medium, radios
@@ -165,11 +168,7 @@ def test_a_busy_channel_fails_channel_access() -> None:
 def test_fragments_go_in_order_and_a_full_queue_refuses() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        medium = Medium(random.Random(7), scheduler=loop, shadowing_sigma_db=0.0)
-        a = Radio(A, medium, MacConfig(queue_limit=2))
-        b = Radio(B, medium)
-        medium.attach(a, (0.0, 0.0))
-        medium.attach(b, (100.0, 0.0))
+        _, (a, b) = world(loop, (A, 0.0), (B, 100.0), sender_config=MacConfig(queue_limit=2))
         done: list[tuple[str, TxResult]] = []
         a.mac.send(B, [b"1", b"2", b"3"], lambda r: done.append(("first", r)))
         a.mac.send(B, [b"4"], lambda r: done.append(("second", r)))
@@ -187,11 +186,7 @@ def test_an_urgent_packet_goes_next_even_into_a_full_queue() -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        medium = Medium(random.Random(7), scheduler=loop, shadowing_sigma_db=0.0)
-        a = Radio(A, medium, MacConfig(queue_limit=2))
-        b = Radio(B, medium)
-        medium.attach(a, (0.0, 0.0))
-        medium.attach(b, (100.0, 0.0))
+        _, (a, b) = world(loop, (A, 0.0), (B, 100.0), sender_config=MacConfig(queue_limit=2))
         a.mac.send(B, [b"1", b"2"])
         a.mac.send(B, [b"3"])
         a.mac.send(B, [b"gasp"], urgent=True)
