@@ -10,8 +10,14 @@ Why it is built this way:
 * Each connection attempt uses a fresh paho client with ``reconnect_on_failure=False`` and a clean
   session: we own reconnecting (jittered exponential backoff from an injected ``random.Random``)
   and paho never replays messages we have already released.
-* paho's network thread only posts events to the asyncio loop (``call_soon_threadsafe``); all
-  SQLite access and all state changes happen on the asyncio thread.
+* paho runs on the asyncio loop, not on a thread of its own: the loop watches its socket
+  (paho's socket callbacks → ``add_reader``/``add_writer`` → ``loop_read``/``loop_write``) and the
+  pump calls ``loop_misc`` for keepalive. paho's callbacks therefore run on the asyncio thread,
+  where all SQLite access and all state changes happen. Why: with a network thread every PUBACK
+  and every publish crossed threads (a wake-up and a GIL hand-off per message, and the thread
+  taking the GIL whenever a SQLite call released it); that was most of the uplink's cost per
+  message (measured, bench/uplink.py). Only ``connect()`` (a blocking TCP + TLS handshake) runs
+  in an executor thread, before the socket is handed to the loop.
 * Failures are told apart, because the operator's fix differs: broker unreachable, TLS handshake
   failed (e.g. server certificate not trusted), client certificate rejected (with TLS 1.3 the
   broker checks our certificate after the handshake, so it shows up as "connection lost before
@@ -19,9 +25,10 @@ Why it is built this way:
   our time (the clock: seed 000's "Certificate Validation Failed"), not authorised (CONNACK
   reason code), publish refused (PUBACK reason code), paho's network loop died or stalled, and
   the system clock off by more than five minutes (clockcheck.py says how we know).
-* Supervision: paho's network thread is checked on every pump turn; if it has died (an exception
-  escaped it) or the in-flight window has not moved for ``stall_timeout_s``, the connection is
-  torn down and re-made with backoff, and every in-flight record goes back to pending.
+* Supervision: if paho's network handling dies (an exception escapes ``loop_read``,
+  ``loop_write`` or ``loop_misc``) or the in-flight window has not moved for ``stall_timeout_s``,
+  the connection is torn down and re-made with backoff, and every in-flight record goes back to
+  pending.
 * Commands (MQTT v5 request/response): the uplink subscribes to ``<prefix>/<gw>/cmd/+``, checks
   each request at the transport level (requests.py), runs the injected handler as its own task
   (bounded concurrency, timeout) and publishes the reply, QoS 1, to the Response Topic with the
@@ -296,7 +303,8 @@ class UplinkTuning:
     connack_timeout_s: float = 10.0
     backoff: Backoff = field(default_factory=Backoff)
     max_message_bytes: int = payloads.DEFAULT_MAX_MESSAGE_BYTES
-    poll_interval_s: float = 1.0  # re-check the spool (and paho's thread) even without a wake-up
+    poll_interval_s: float = 1.0  # re-check the spool (and keepalive) even without a wake-up
+    disconnect_timeout_s: float = 1.0  # for paho to write DISCONNECT before we close the socket
     ack_batch_records: int = 20_000  # delete acknowledged records in groups this large ...
     ack_max_delay_s: float = 0.5  # ... or this old (at once when nothing is in flight)
     status_interval_s: float = 300.0  # re-publish "online" with spool figures; 0: at connect only
@@ -368,6 +376,8 @@ class _Session:
     status_due: float = math.inf  # loop time of the next periodic "online" status
     response_mids: dict[int, int] = field(default_factory=dict)  # mid → response token
     responses_sent: set[int] = field(default_factory=set)
+    fd: int = -1  # the socket the loop watches for paho (-1: not attached)
+    next_misc: float = 0.0  # loop time of the next loop_misc (keepalive, ping timeout)
 
 
 @dataclass
@@ -608,7 +618,15 @@ class Uplink:
         )
         loop = self._loop
         assert loop is not None
-        post = loop.call_soon_threadsafe
+        loop_thread = threading.get_ident()
+
+        def post(handler: Any, *args: Any) -> None:
+            # On the loop (paho driven by it): at once. connect() runs in an executor thread,
+            # where paho may log: hand that over to the loop.
+            if threading.get_ident() == loop_thread:
+                handler(*args)
+            else:
+                loop.call_soon_threadsafe(handler, *args)
 
         def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, props: Properties | None) -> None:
             post(self._handle_connect, gen, rc, props)
@@ -639,6 +657,98 @@ class Uplink:
         client.on_message = on_message
         client.on_log = on_log
         return client
+
+    # -- paho on the asyncio loop ---------------------------------------------------------------
+    def _attach(self, session: _Session) -> bool:
+        """Hand paho's connected socket to the loop: readable → ``loop_read``, writable while
+        paho has bytes queued → ``loop_write``. False if the socket is already gone."""
+        loop = self._loop
+        assert loop is not None
+        client = session.client
+        sock = client.socket()
+        if sock is None:
+            return False
+        session.fd = sock.fileno()
+
+        def register_write(_c: Any, _u: Any, _s: Any) -> None:
+            if session.fd >= 0:
+                loop.add_writer(session.fd, self._on_writable, session)
+
+        def unregister_write(_c: Any, _u: Any, _s: Any) -> None:
+            if session.fd >= 0:
+                loop.remove_writer(session.fd)
+
+        def socket_close(_c: Any, _u: Any, _s: Any) -> None:
+            self._detach(session)
+
+        client.on_socket_register_write = register_write
+        client.on_socket_unregister_write = unregister_write
+        client.on_socket_close = socket_close
+        loop.add_reader(session.fd, self._on_readable, session)
+        session.next_misc = loop.time() + 1.0
+        if client.want_write():
+            self._on_writable(session)  # also registers the writer if bytes remain
+        return True
+
+    def _detach(self, session: _Session) -> None:
+        if session.fd < 0 or self._loop is None:
+            return
+        self._loop.remove_reader(session.fd)
+        self._loop.remove_writer(session.fd)
+        session.fd = -1
+
+    def _on_readable(self, session: _Session) -> None:
+        client = session.client
+        try:
+            rc = client.loop_read()
+            # TLS: one socket read may leave whole records in OpenSSL's buffer, which the loop's
+            # selector cannot see: read on until it is empty.
+            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and (sock := client.socket()) is not None:
+                if not isinstance(sock, ssl.SSLSocket) or not sock.pending():
+                    break
+                rc = client.loop_read()
+        except Exception as exc:  # paho's handling (or a callback in it) died: reconnect
+            self._loop_died(session, "loop_read", exc)
+
+    def _on_writable(self, session: _Session) -> None:
+        try:
+            session.client.loop_write()
+        except Exception as exc:
+            self._loop_died(session, "loop_write", exc)
+
+    def _loop_misc(self, session: _Session) -> None:
+        """paho's timers (keepalive PINGREQ, no PINGRESP in time), at most once a second."""
+        assert self._loop is not None
+        now = self._loop.time()
+        if session.closed or now < session.next_misc:
+            return
+        session.next_misc = now + 1.0
+        try:
+            session.client.loop_misc()
+        except Exception as exc:
+            self._loop_died(session, "loop_misc", exc)
+
+    def _loop_died(self, session: _Session, where: str, exc: BaseException) -> None:
+        """An exception escaped paho: its state is unknown, so the connection is dropped."""
+        self._detach(session)
+        if self._current(session.gen) is None:
+            return
+        log.debug("uplink: paho %s raised", where, exc_info=exc)
+        self._loop_restarts += 1
+        self._record_error(
+            LoopDied(
+                f"paho's network handling for {self._where} raised in {where} "
+                f"({type(exc).__name__}: {exc}); reconnecting"
+            ),
+            session,
+        )
+        session.closed = True
+        self._connected = False
+        self._release(session)
+        self._flush_acks()
+        session.connack.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def _run_session(self, ctx: ssl.SSLContext) -> bool:
         """One connection from connect() to teardown; True if it got a successful CONNACK and
@@ -671,7 +781,10 @@ class Uplink:
         sock = client.socket()
         if isinstance(sock, ssl.SSLSocket):
             self._tls_version = sock.version() or ""
-        client.loop_start()
+        if not self._attach(session):
+            session.closed = True
+            self._record_error(ConnectionLost(f"{self._where}: socket closed during connect"))
+            return False
         session.last_progress = self._loop.time()
         try:
             try:
@@ -694,13 +807,16 @@ class Uplink:
 
     async def _teardown(self, session: _Session) -> None:
         assert self._loop is not None
-        if not session.closed:
+        if not session.closed and session.fd >= 0:
+            # paho writes DISCONNECT from the loop's writer, then closes and reports it.
             session.user_disconnect = True
             with contextlib.suppress(Exception):
                 session.client.disconnect()
-        await self._loop.run_in_executor(None, session.client.loop_stop)
-        # loop_stop joined paho's thread: every callback it posted has run by now. A dead or
-        # stalled loop never closed its socket: close it, so the broker sees us go.
+            deadline = self._loop.time() + self.tuning.disconnect_timeout_s
+            while not session.closed and session.fd >= 0 and self._loop.time() < deadline:
+                await asyncio.sleep(0.01)
+        # A dead or stalled loop never closed its socket: close it, so the broker sees us go.
+        self._detach(session)
         with contextlib.suppress(Exception):
             sock = session.client.socket()
             if sock is not None:
@@ -724,7 +840,8 @@ class Uplink:
             if self._stopping:
                 await self._close_gracefully(session)
                 return
-            if await self._supervise(session):
+            self._loop_misc(session)
+            if session.closed or self._supervise(session):
                 return
             self._wake.clear()
             self._flush_acks(session)
@@ -737,35 +854,22 @@ class Uplink:
                 async with asyncio.timeout(self.tuning.poll_interval_s):
                     await self._wake.wait()
 
-    async def _supervise(self, session: _Session) -> bool:
-        """True (and the session marked failed) if paho's network loop died or stalled."""
+    def _supervise(self, session: _Session) -> bool:
+        """True (and the session marked failed) if the in-flight window stalled. (paho's
+        handling dying is noticed where it raises: ``_loop_died``.)"""
         assert self._loop is not None
-        err: UplinkError | None = None
-        # paho has no public liveness check; its thread is ``_thread`` after loop_start().
-        thread = getattr(session.client, "_thread", None)
-        if not (isinstance(thread, threading.Thread) and thread.is_alive()):
-            # The thread also ends after an ordinary connection loss, having posted
-            # on_disconnect first: let that callback run before calling it a death.
-            await asyncio.sleep(0)
-            if session.closed:
-                return True
-            err = LoopDied(
-                f"paho's network thread for {self._where} has ended without a "
-                f"disconnect{f' ({session.last_log_error})' if session.last_log_error else ''}"
-                "; reconnecting"
-            )
-        elif (session.inflight or session.response_mids) and (
-            self._loop.time() - session.last_progress > self.tuning.stall_timeout_s
+        if not (session.inflight or session.response_mids) or (
+            self._loop.time() - session.last_progress <= self.tuning.stall_timeout_s
         ):
-            err = LoopStalled(
-                f"no PUBACK from {self._where} for "
-                f"{self.tuning.stall_timeout_s:g} s with messages in flight; "
-                "reconnecting"
-            )
-        if err is None:
             return False
         self._loop_restarts += 1
-        self._record_error(err, session)
+        self._record_error(
+            LoopStalled(
+                f"no PUBACK from {self._where} for "
+                f"{self.tuning.stall_timeout_s:g} s with messages in flight; reconnecting"
+            ),
+            session,
+        )
         return True
 
     def _publish_status(self, session: _Session, state: str, reason: str = "") -> None:
@@ -968,7 +1072,7 @@ class Uplink:
         session.user_disconnect = True
         session.client.disconnect()
 
-    # -- events from paho's thread (run on the asyncio thread) ------------------------------
+    # -- events from paho (run on the asyncio thread) ---------------------------------------
     def _current(self, gen: int) -> _Session | None:
         s = self._session
         if s is None or s.gen != gen or s.closed:
