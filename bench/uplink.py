@@ -82,11 +82,10 @@ def bare_messages(template: Path, batch: int, max_bytes: int) -> list[bytes]:
     out = []
     with Spool(template, SystemClock(), max_bytes=4 * 1024**3) as spool:
         overhead = payloads.envelope_overhead(GATEWAY, batch)
-        while recs := spool.next_batch(batch, max_bytes - overhead):
-            spool.mark_in_flight(r.record_id for r in recs)
+        while packed := spool.next_packed(batch, max_bytes - overhead):
             out.append(
-                payloads.encode_readings(
-                    GATEWAY, recs, message_id=str(uuid.uuid4()), sent_at=time.time()
+                payloads.encode_packed(
+                    GATEWAY, packed, message_id=str(uuid.uuid4()), sent_at=time.time()
                 )
             )
     return out
@@ -146,10 +145,10 @@ class TimedSpool(Spool):
             self.first_read = time.perf_counter()
         return super().next_batch(max_records, max_bytes)
 
-    def next_packed(self, max_records: int, max_bytes: int) -> PackedBatch | None:
+    def next_packed_many(self, batches: int, max_records: int, max_bytes: int) -> list[PackedBatch]:
         if not self.first_read:
             self.first_read = time.perf_counter()
-        return super().next_packed(max_records, max_bytes)
+        return super().next_packed_many(batches, max_records, max_bytes)
 
     def ack(self, ids: Iterable[str] = (), spans: Iterable[tuple[int, int]] = ()) -> int:
         n = super().ack(ids, spans)

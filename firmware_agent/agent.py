@@ -487,7 +487,13 @@ class Agent:
             return EXIT_FAILURE
         self.mesh.add_listener(self._on_mesh_event)
         self.mesh.on_push(self._on_mesh_push, is_push_frame)
-        self.spool = Spool(cfg.spool.path, self.clock, rng=self.rng, max_bytes=cfg.spool.max_bytes)
+        self.spool = Spool(
+            cfg.spool.path,
+            self.clock,
+            rng=self.rng,
+            max_bytes=cfg.spool.max_bytes,
+            page_records=cfg.uplink.batch_max_records,  # a page fills one readings message
+        )
         if self.with_uplink:
             self.commands = CommandDispatcher(
                 self.operations, self.clock, commands_config(cfg.uplink.commands)

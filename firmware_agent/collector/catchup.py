@@ -3,8 +3,9 @@
 Why persisted: after an outage of the gateway (restart) or of a meter (no answer for hours), the
 next read must ask for exactly the rows the head end has not had, no more (the mesh is slow) and
 no fewer (a gap is lost revenue data). The mark moves only after the rows are committed to the
-spool, so a crash between the read and the commit re-reads rows, and their natural keys make the
-spool drop the copies. Kept in the collector's state file next to the quarantine.
+spool, so nothing is skipped; a crash between that commit and the mark's update re-reads those
+rows, and the copies are sent too (the spool deduplicates interval reads only within one add):
+the head end drops them by natural key. Kept in the collector's state file next to the quarantine.
 
 ``profile_range`` is the pure part: which capture times to ask for, given the mark, the meter's
 clock, the capture period and the cap.

@@ -3,7 +3,10 @@
 Why it is built this way:
 
 * The spool, not paho, holds the backlog. paho's outgoing queue lives in memory and is unbounded
-  by default; we hand paho at most ``max_inflight`` unacknowledged batches and cap its queue too.
+  by default; we hand paho at most twice the in-flight window ``max_inflight`` (only the
+  broker's Receive Maximum if that is lower) and cap its queue too: a window's worth on the wire,
+  and as many queued in paho, which sends the next one inside its own PUBACK handling instead of
+  waiting for a turn of our pump (measured: the window no longer runs dry between turns).
 * A record leaves the spool only in the PUBACK handler for the message id (mid) that carried it,
   and only if the reason code is a success. On a disconnect every in-flight record goes back to
   pending and is sent again after reconnecting (the head end drops duplicates by natural key).
@@ -51,7 +54,6 @@ import random
 import socket
 import ssl
 import threading
-import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -348,7 +350,7 @@ class _Batch:
     message_id: str
     n_bytes: int
     event: bool = False
-    span: tuple[int, int] | None = None  # records handed out as a range (next_packed)
+    span: tuple[int, int] | None = None  # pages handed out as a range (next_packed_many)
     records: int = 0
 
     def spans(self) -> list[tuple[int, int]]:
@@ -600,10 +602,11 @@ class Uplink:
         client.tls_set_context(ctx)
         client.connect_timeout = self.tuning.connect_timeout_s
         client.max_inflight_messages_set(self.cfg.max_inflight)
-        # +2: the birth and the 'offline' status messages travel outside the window, and so do
-        # command replies (at most max_pending_responses of them are ever queued).
+        # Two windows of batches (module docstring); +2: the birth and the 'offline' status
+        # messages travel outside them, and so do command replies (at most
+        # max_pending_responses of them are ever queued).
         client.max_queued_messages_set(
-            self.cfg.max_inflight + 2 + self.tuning.max_pending_responses
+            2 * self.cfg.max_inflight + 2 + self.tuning.max_pending_responses
         )
         client.will_set(
             self.status_topic,
@@ -709,6 +712,14 @@ class Uplink:
                 rc = client.loop_read()
         except Exception as exc:  # paho's handling (or a callback in it) died: reconnect
             self._loop_died(session, "loop_read", exc)
+            return
+        # PUBACKs just freed window slots and paho queued the next messages: write them now
+        # rather than a loop turn later (the writer callback takes over if the socket is full).
+        self._flush_writes(session)
+
+    def _flush_writes(self, session: _Session) -> None:
+        if session.fd >= 0 and session.client.want_write():
+            self._on_writable(session)
 
     def _on_writable(self, session: _Session) -> None:
         try:
@@ -782,8 +793,17 @@ class Uplink:
         if isinstance(sock, ssl.SSLSocket):
             self._tls_version = sock.version() or ""
         if not self._attach(session):
+            # paho lost the socket while sending CONNECT (TLS 1.3: the broker refused our
+            # certificate after the handshake); its disconnect report, posted from the executor
+            # thread, names why. Let it run, and name it ourselves only if it did not.
+            await asyncio.sleep(0)
+            if session.error is None:
+                detail = f" ({session.last_log_error or 'socket closed while sending CONNECT'})"
+                self._record_error(
+                    classify_lost_before_connack(detail, self._validity, self._clock.now()),
+                    session,
+                )
             session.closed = True
-            self._record_error(ConnectionLost(f"{self._where}: socket closed during connect"))
             return False
         session.last_progress = self._loop.time()
         try:
@@ -847,6 +867,9 @@ class Uplink:
             self._flush_acks(session)
             self._send_responses(session)
             self._fill_window(session)
+            self._flush_writes(session)
+            if not session.inflight and not self._acked_records and not self._spool.depth():
+                self._spool.shrink()  # idle: give a drained backlog's pages back
             assert self._loop is not None
             if self._loop.time() >= session.status_due:
                 self._publish_status(session, payloads.STATUS_ONLINE)
@@ -912,10 +935,11 @@ class Uplink:
     def _flush_acks(self, session: _Session | None = None) -> None:
         """Delete acknowledged records: at once when nothing is in flight any more (or without
         a session: teardown), otherwise once ``ack_batch_records`` have gathered or the oldest
-        is ``ack_max_delay_s`` old. Why: a delete costs about one natural-key index page per
-        record, shared by the records of one transaction (measured: 7.9 us/record in groups of
-        1,000, 1.6 in groups of 20,000). Until then the records stay marked in flight; after a
-        crash they are sent again (at-least-once, deduplicated by natural key)."""
+        is ``ack_max_delay_s`` old. Why: one transaction per group rather than per PUBACK (a
+        page is one row; alarm and on-demand rows share their natural-key index pages, measured
+        7.9 us/record in groups of 1,000, 1.6 in groups of 20,000). Until then the records stay
+        marked in flight; after a crash they are sent again (at-least-once, deduplicated by
+        natural key)."""
         if not self._acked_records:
             return
         if session is not None and session.inflight and not session.closed:
@@ -929,14 +953,19 @@ class Uplink:
         self._acked_records = 0
 
     def _fill_window(self, session: _Session) -> None:
-        window = min(self.cfg.max_inflight, session.receive_maximum)
+        # Two windows handed to paho, which keeps one on the wire (module docstring); paho
+        # cannot lower its window once connected, so below a broker's Receive Maximum we hand
+        # out only what the broker accepts.
+        window = session.receive_maximum
+        if window >= self.cfg.max_inflight:
+            window = 2 * self.cfg.max_inflight
         n = self.cfg.batch_max_records
         cap = self.tuning.max_message_bytes
         while n > 1 and payloads.envelope_overhead(self.gateway_id, n) > cap // 2:
             n //= 2  # leave at least half of the message for record bodies
         budget = cap - payloads.envelope_overhead(self.gateway_id, n)
         while len(session.inflight) < window and not session.closed:
-            if self._publish_packed(session, n, max(budget, 1)):
+            if self._publish_packed(session, window - len(session.inflight), n, max(budget, 1)):
                 continue
             batch = self._spool.next_batch(n, max(budget, 1))
             if not batch:
@@ -961,35 +990,43 @@ class Uplink:
                 return
             session.inflight[info.mid] = _Batch(ids, message_id, len(data), records=len(ids))
 
-    def _publish_packed(self, session: _Session, n: int, budget: int) -> bool:
-        """Publish the next batch as the spool encodes it (one query, no per-record Python);
-        False when the spool declines (``Spool.next_packed``) or paho refused."""
-        packed = self._spool.next_packed(n, budget)
-        if packed is None:
-            return False
-        message_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-        try:
-            data = payloads.encode_packed(
-                self.gateway_id,
-                packed,
-                message_id=message_id,
-                sent_at=self._clock.now(),
-                max_bytes=self.tuning.max_message_bytes,
+    def _publish_packed(self, session: _Session, slots: int, n: int, budget: int) -> bool:
+        """Publish up to ``slots`` batches as the spool packed them (one query, no per-record
+        Python); False when the spool declines (``Spool.next_packed_many``) or paho refused."""
+        batches = self._spool.next_packed_many(slots, n, budget)
+        for i, packed in enumerate(batches):
+            message_id = self._message_id()
+            try:
+                data = payloads.encode_packed(
+                    self.gateway_id,
+                    packed,
+                    message_id=message_id,
+                    sent_at=self._clock.now(),
+                    max_bytes=self.tuning.max_message_bytes,
+                )
+            except payloads.MessageTooLarge:
+                # Back to pending: next_batch sends these records in smaller messages.
+                self._spool.release(spans=[b.span for b in batches[i:]])
+                return False
+            info = session.client.publish(self.readings_topic, data, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._spool.release(spans=[b.span for b in batches[i:]])
+                log.info(
+                    "uplink: publish not accepted by paho (%s); waiting",
+                    paho.error_string(info.rc),
+                )
+                return False
+            session.inflight[info.mid] = _Batch(
+                [], message_id, len(data), span=packed.span, records=packed.count
             )
-        except payloads.MessageTooLarge:
-            self._spool.release(spans=[packed.span])  # next_batch halves it
-            return False
-        info = session.client.publish(self.readings_topic, data, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._spool.release(spans=[packed.span])
-            log.info(
-                "uplink: publish not accepted by paho (%s); waiting", paho.error_string(info.rc)
-            )
-            return False
-        session.inflight[info.mid] = _Batch(
-            [], message_id, len(data), span=packed.span, records=packed.count
-        )
-        return True
+        return bool(batches)
+
+    def _message_id(self) -> str:
+        """A random (version 4) UUID from the injected rng: what ``uuid.UUID(int=..,
+        version=4)`` makes, formatted without building the object (once per message)."""
+        x = self._rng.getrandbits(128) & ~(0xF << 76) & ~(0x3 << 62) | (4 << 76) | (0x2 << 62)
+        h = f"{x:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def _publish_events(
         self, session: _Session, batch: list[SpoolRecord], window: int
@@ -1026,7 +1063,7 @@ class Uplink:
     def _encode(self, batch: list[SpoolRecord]) -> tuple[bytes, str, list[SpoolRecord]] | None:
         """Encode, halving the batch while it exceeds the message cap."""
         while True:
-            message_id = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
+            message_id = self._message_id()
             try:
                 data = payloads.encode_readings(
                     self.gateway_id,

@@ -131,7 +131,7 @@ def _dump(value: object) -> str:
 def record_entry_json(rec: SpoolRecord, spooled_at: str) -> str:
     """One record of a message as JSON text: the envelope fields, then the stored body's members
     spliced in as they are (the spool refuses bodies that use the envelope's field names).
-    Byte for byte what the spool stores as a record's head (``Spool.next_packed``)."""
+    Byte for byte what the spool stores for a record in a page (``Spool.add``)."""
     head = (
         f'{{"record_id":{_quote(rec.record_id)},"natural_key":{_quote(rec.natural_key)},'
         f'"priority":"{PRIORITY_NAMES[rec.priority]}","spooled_at":"{spooled_at}"'
@@ -180,7 +180,7 @@ def encode_packed(
     sent_at: float,
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> bytes:
-    """The readings message of a batch the spool encoded itself (``Spool.next_packed``): the
+    """The readings message of pages the spool encoded itself (``Spool.next_packed_many``): the
     same bytes ``encode_readings`` makes of those records, without per-record work here."""
     check_topic_level("gateway_id", gateway_id)
     if packed.count < 1:

@@ -101,11 +101,21 @@ def test_in_flight_excluded_released_and_acked(spool: Spool) -> None:
 
 
 def test_duplicates_kept_once_and_counted(spool: Spool) -> None:
-    first = spool.add([reading("m", 1), reading("m", 2)], Priority.INTERVAL)
-    again = spool.add([reading("m", 2), reading("m", 3), reading("m", 3)], Priority.INTERVAL)
+    first = spool.add([reading("m", 1), reading("m", 2)], Priority.ON_DEMAND)
+    again = spool.add([reading("m", 2), reading("m", 3), reading("m", 3)], Priority.ON_DEMAND)
     assert len(first) == 2 and len(again) == 1
     assert spool.duplicates == 2
     assert spool.depth() == 3
+
+
+def test_paged_interval_reads_are_deduplicated_within_one_add_only(spool: Spool) -> None:
+    """Pages keep no per-record key index (module docstring): a copy from a later add is
+    stored, and the head end drops it by natural key."""
+    first = spool.add([reading("m", 1), reading("m", 2), reading("m", 1)], Priority.INTERVAL)
+    again = spool.add([reading("m", 2)], Priority.INTERVAL)
+    assert len(first) == 2 and len(again) == 1 and spool.duplicates == 1
+    keys = [r.natural_key for r in spool.next_batch(10, 1 << 20)]
+    assert keys == [reading("m", 1)[1], reading("m", 2)[1], reading("m", 2)[1]]
 
 
 def test_rejected_records_store_nothing(spool: Spool) -> None:
@@ -143,8 +153,8 @@ def test_reopen_keeps_records_and_returns_in_flight_to_pending(
 def test_subscribers_hear_about_new_records_only(spool: Spool) -> None:
     calls: list[int] = []
     spool.subscribe(lambda: calls.append(spool.depth()))
-    spool.add([reading("m", 1)], Priority.INTERVAL)
-    spool.add([reading("m", 1)], Priority.INTERVAL)  # duplicate only: no news
+    spool.add([reading("m", 1)], Priority.ON_DEMAND)
+    spool.add([reading("m", 1)], Priority.ON_DEMAND)  # duplicate only: no news
     spool.add([], Priority.INTERVAL)
     assert calls == [1]
 

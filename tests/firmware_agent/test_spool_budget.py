@@ -20,10 +20,7 @@ def rec(n: int, pad: int = 250) -> tuple[dict[str, object], str]:
 
 
 def keys(spool: Spool, prio: Priority | None = None) -> list[str]:
-    where = "" if prio is None else f"WHERE priority = {int(prio)}"
-    return [
-        k for (k,) in spool._db.execute(f"SELECT natural_key FROM records {where} ORDER BY seq")
-    ]
+    return [r.natural_key for r in spool.stored(prio)]
 
 
 def test_interval_backlog_over_budget_ages_oldest_and_stays_on_disk_budget(
@@ -37,15 +34,17 @@ def test_interval_backlog_over_budget_ages_oldest_and_stays_on_disk_budget(
     for _ in range(120):  # ~3.6 MB of readings into a 1 MiB budget
         spool.add([rec(n + i) for i in range(100)], Priority.INTERVAL)
         n += 100
-        peak = max(peak, spool.disk_bytes())
-        assert spool.disk_bytes() <= MIB
+        peak = max(peak, spool.used_bytes())
+        assert spool.disk_bytes() <= spool.used_bytes() <= MIB
     st = spool.stats()
     aged = st.aged_out["interval"]
     assert aged > 6000 and st.depth + aged == n == st.added
     # the budget is used, not just emptied (~300-byte readings plus their stored envelope heads)
     assert st.depth > 800
     assert keys(spool) == [rec(i)[1] for i in range(n - st.depth, n)]  # the newest survive
-    assert peak > 0.8 * MIB  # the budget is measured honestly, not with a wide margin
+    # The budget is used, not kept with a wide margin (interval reads are aged a page, 50
+    # records here, at a time; the WAL's share is reserved whether it is on disk or not).
+    assert peak > 0.9 * MIB
     assert spool.integrity_check() == "ok"
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Queue Depth Exceeded" in warnings[0].getMessage()
@@ -62,6 +61,7 @@ def test_interval_backlog_over_budget_ages_oldest_and_stays_on_disk_budget(
         spool.ack([r.record_id for r in batch])
     clock.advance(6)  # shrinking runs at most every 5 s
     spool.ack(spool.add([rec(-1)], Priority.INTERVAL))
+    spool.shrink()  # the uplink does this when it is idle
     st = spool.stats()
     assert st.depth == 0 and st.queue_depth_exceeded is None
     assert any("back under budget" in r.getMessage() for r in caplog.records)
@@ -106,7 +106,8 @@ def test_eviction_order_by_class_with_record_cap(tmp_path: Path) -> None:
     iv = [rec(i)[1] for i in range(6)]
     od = [rec(100 + i)[1] for i in range(5)]
     al = [rec(200 + i)[1] for i in range(6)]
-    spool.add([rec(i) for i in range(6)], Priority.INTERVAL)
+    for i in range(6):  # one page each: interval reads are aged a page at a time
+        spool.add([rec(i)], Priority.INTERVAL)
     spool.add([rec(100 + i) for i in range(3)], Priority.ON_DEMAND)
     spool.add([rec(103), rec(104)], Priority.ON_DEMAND)  # 11 > 10: the oldest interval goes
     assert keys(spool, Priority.INTERVAL) == iv[1:]
@@ -125,15 +126,21 @@ def test_eviction_order_by_class_with_record_cap(tmp_path: Path) -> None:
 
 
 def test_in_flight_records_are_not_aged(tmp_path: Path) -> None:
+    """Interval reads are aged a page (one add) at a time, and a page any record of which is
+    in flight is not aged: here the first add's page, handed out record by record."""
     spool = Spool(tmp_path / "s.sqlite", ManualClock(), max_records=5)
-    ids = spool.add([rec(i) for i in range(5)], Priority.INTERVAL)
-    spool.mark_in_flight(ids[:4])
-    more = spool.add([rec(5)], Priority.INTERVAL)  # only the one not in flight may go
+    ids = spool.add([rec(i) for i in range(4)], Priority.INTERVAL)
+    spool.mark_in_flight(ids[:1])
+    spool.add([rec(4)], Priority.INTERVAL)
+    more = spool.add([rec(5)], Priority.INTERVAL)  # only the page not in flight may go
     assert keys(spool) == [rec(i)[1] for i in (0, 1, 2, 3, 5)]
+    packed = spool.next_packed(50, 1 << 20)
+    assert packed is None  # records of a page are out one by one: the per-record path
     spool.mark_in_flight(more)
     with pytest.raises(SpoolFull):
         spool.add([rec(6)], Priority.INTERVAL)
-    assert spool.ack(ids[:4]) == 4  # the PUBACK still finds its records
+    assert spool.ack(ids) == 4  # the PUBACK still finds its records
+    assert keys(spool) == [rec(5)[1]]
     spool.close()
 
 

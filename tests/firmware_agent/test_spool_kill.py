@@ -68,7 +68,7 @@ def test_kill_9_loses_no_committed_record(tmp_path: Path, seed: int) -> None:
     spool = Spool(db, SystemClock())
     try:
         assert spool.integrity_check() == "ok"
-        present = {spool.record_id(r[0]) for r in spool._db.execute("SELECT seq FROM records")}
+        present = {r.record_id for r in spool.stored()}
         assert committed <= present, f"{len(committed - present)} committed records lost"
         assert not (acked & present)
         assert spool.in_flight() == 0  # reopening returns in-flight records to pending

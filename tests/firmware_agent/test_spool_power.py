@@ -105,8 +105,7 @@ def test_power_cut_images_hold_every_committed_record(tmp_path: Path, seed: int)
         spool = Spool(image, SystemClock())
         try:
             assert spool.integrity_check() == "ok"
-            seqs = [s for (s,) in spool._db.execute("SELECT seq FROM records")]
-            present = {spool.record_id(s) for s in seqs}
+            present = {r.record_id for r in spool.stored()}
             lost = committed_before - present - acked  # acked later than the line we read
             assert not lost, f"{image}: {len(lost)} committed records lost"
             assert present <= committed  # nothing appears that was never committed

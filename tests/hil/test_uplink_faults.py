@@ -49,6 +49,12 @@ BEGIN
     INSERT OR IGNORE INTO test_ledger (natural_key, priority)
     VALUES (NEW.natural_key, NEW.priority);
 END;
+CREATE TRIGGER IF NOT EXISTS test_ledger_pages AFTER INSERT ON pages
+BEGIN
+    INSERT OR IGNORE INTO test_ledger (natural_key, priority)
+    SELECT json_extract(value, '$.natural_key'), 2
+    FROM json_each('[' || CAST(NEW.entries AS TEXT) || ']');
+END;
 """
 
 # The drain run's meter list: one meter nobody answers for (port 9, discard), so the collector
@@ -80,7 +86,9 @@ def produced(spool_path: Path) -> dict[str, int]:
 
 
 def spool_depth(spool_path: Path) -> int:
-    return int(_query(spool_path, "SELECT COUNT(*) FROM records")[0][0])
+    """Records stored: rows, and interval reads in pages (spool.py's docstring)."""
+    sql = "SELECT (SELECT COUNT(*) FROM records) + (SELECT total(count) FROM pages)"
+    return int(_query(spool_path, sql)[0][0])
 
 
 def prefill(
