@@ -255,7 +255,19 @@ def test_last_gasp_overtakes_queued_reads_and_cim_outage_is_verified(
         def new() -> list[dict[str, Any]]:
             return [r for r in gateway.headend.records() if r["natural_key"] not in before]
 
-        gateway.wait(lambda: any("last-gasp" in r["natural_key"] for r in new()), 60, "the alarm")
+        try:
+            gateway.wait(
+                lambda: any("last-gasp" in r["natural_key"] for r in new()), 60, "the alarm"
+            )
+        except AssertionError as exc:  # was it sent, heard, spooled? (an emulated radio logs it)
+            said = [
+                line
+                for line in gateway.agent.output().splitlines()
+                if any(w in line for w in ("last gasp", "alarm from meter"))
+            ]
+            raise AssertionError(
+                f"{exc}\n--- the gasp in the log ---\n" + "\n".join(said)
+            ) from None
         arrived = new()
         first_alarm = next(i for i, r in enumerate(arrived) if "last-gasp" in r["natural_key"])
         record_property("reads_before_alarm", first_alarm)
