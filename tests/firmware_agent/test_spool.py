@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import re
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_agent.clock import ManualClock
-from firmware_agent.spool import Priority, RecordRejected, Spool, SpoolCorrupt
+from firmware_agent.spool import Priority, RecordRejected, Spool, SpoolCorrupt, iso_utc
 
 
 def reading(meter: str, t: int, **extra: object) -> tuple[dict[str, object], str]:
@@ -262,3 +263,20 @@ def test_record_id_round_trips_and_fast_path_matches_layout(seq: int, seed: int)
         assert rid == spool._record_id_slow(seq) and UUID_V4.match(rid)
         assert spool._seq(rid) == seq
         spool.close()
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        st.floats(min_value=0, max_value=4e9),
+        st.builds(
+            lambda s, f: s + f,
+            st.integers(0, 4 * 10**9),
+            st.sampled_from([0.9999995, 0.9999994999, 0.0000005, 0.9995, 0.0005, 0.1]),
+        ),
+    )
+)
+def test_iso_utc_has_datetimes_digits(t: float) -> None:
+    """The cached-second formatter against datetime's own rounding, at the rounding edges too."""
+    expected = dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    assert iso_utc(t) == expected
