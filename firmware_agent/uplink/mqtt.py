@@ -54,7 +54,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -357,6 +357,17 @@ class _Batch:
         return [] if self.span is None else [self.span]
 
 
+class _PahoLogHandler(logging.Handler):
+    """Hands the text of each record paho logs at WARNING and above to ``sink``."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink(record.getMessage())
+
+
 @dataclass
 class _Session:
     """State of one connection attempt; callbacks from an older session are ignored."""
@@ -650,15 +661,15 @@ class Uplink:
                 bool(msg.retain),
             )
 
-        def on_log(_c: Any, _u: Any, level: int, text: str) -> None:
-            if level in (paho.MQTT_LOG_ERR, paho.MQTT_LOG_WARNING):
-                post(self._handle_log, gen, text)
-
         client.on_connect = on_connect
         client.on_disconnect = on_disconnect
         client.on_publish = on_publish
         client.on_message = on_message
-        client.on_log = on_log
+        # paho's warnings and errors, through a logger of its own: an on_log callback would have
+        # paho format a debug line for every packet (measured: 3% of the uplink's time).
+        paho_log = logging.Logger(f"{__name__}.paho", logging.WARNING)  # outside logging's tree
+        paho_log.addHandler(_PahoLogHandler(lambda text: post(self._handle_log, gen, text)))
+        client.enable_logger(paho_log)
         return client
 
     # -- paho on the asyncio loop ---------------------------------------------------------------
