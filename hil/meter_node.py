@@ -25,10 +25,10 @@ Pushes (``pushes=NodePushes(...)``): on ``set_power(False)`` a joined node first
 (a DataNotification in WRAPPER, UDP to the gateway's port 4059, one frame to its preferred parent)
 and goes dark once the MAC is done with it: acknowledged, or its retries spent. No retries beyond
 the MAC's, no other parent. The supercap's energy is counted in frames, not seconds: the packet
-already on the air, then the gasp's one frame with its CSMA backoffs and retries. A budget in wall-
-clock seconds made an emulated meter starved of CPU (a loaded CI machine) lose its gasp before its
-radio had spent anything. It serves nothing meanwhile. After power returns and it has rejoined (a
-parent and an address), it sends a power-restored push the ordinary way.
+already on the air, then the gasp's one frame with its CSMA backoffs and retries. A budget in
+seconds of wall clock made an emulated meter starved of CPU (a loaded CI machine) lose its gasp
+before its radio had spent anything. It serves nothing meanwhile. After power returns and it has
+rejoined (a parent and an address), it sends a power-restored push the ordinary way.
 
 The DLMS side may be a plain ``bytes -> bytes | None`` callable, a ``MeterServer``, or a
 ``FaultyMeter``, whose replies may carry a delay (added to ``reply_delay_s`` on the scheduler).
@@ -285,7 +285,7 @@ class MeterNode:
             self._dark(epoch)
 
         log.info(
-            "node %s: mains lost, last gasp to %s behind %d queued packet(s)",
+            "node %s: mains lost, last gasp to %s (%d packet(s) were queued)",
             self.eui64.hex(), parent.hex(), self.mac.queued,
         )  # fmt: skip
         # Ahead of whatever was queued (a reply's fragments): the supercap lasts for this frame.
