@@ -46,6 +46,9 @@ class BrokerOptions:
     tls_version: str = "1.3"
     max_queued_messages: int = 100_000
     max_inflight_messages: int = 100
+    #: Keep persistent sessions (and their queued messages) across a restart, as a production
+    #: broker does: a head end with a session loses nothing published while the broker restarts.
+    persist_sessions: bool = False
     extra_config: Sequence[str] = ()
 
 
@@ -108,7 +111,11 @@ class Mosquitto:
         o = self.options
         lines = [
             "per_listener_settings false",
-            "persistence false",
+            *(
+                ("persistence true", f"persistence_location {self.workdir}/")
+                if o.persist_sessions
+                else ("persistence false",)
+            ),
             f"log_dest file {self.log_file}",
             "log_type error",
             "log_type warning",

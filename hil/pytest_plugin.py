@@ -89,12 +89,14 @@ def hil_pki(hil_env: HilEnv, tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture(scope="session")
 def broker(hil_env: HilEnv, hil_pki: Pki) -> Iterator[Mosquitto]:
-    """A real mosquitto with mTLS (TLS 1.3) on a free loopback port."""
+    """A real mosquitto with mTLS (TLS 1.3) on a free loopback port. It persists sessions, as a
+    production broker does: tests stop and start it, and a head end with a session must not
+    miss what the gateway publishes before the head end has re-subscribed."""
     if hil_env.broker_kind != "local-mosquitto":
         pytest.skip(f"broker kind {hil_env.broker_kind!r} is not supported yet")
-    from hil.broker import Mosquitto
+    from hil.broker import BrokerOptions, Mosquitto
 
-    with Mosquitto(hil_pki) as mosquitto:
+    with Mosquitto(hil_pki, options=BrokerOptions(persist_sessions=True)) as mosquitto:
         yield mosquitto
 
 
@@ -342,7 +344,11 @@ def gateway(
         technician.key,
     )  # fmt: skip
     # Its own client id: two subscribers with one id would take the connection from each other.
-    with HeadEnd(broker.host, broker.port, hil_pki, client_id="headend-rig") as headend:
+    # A persistent session: the acceptance tests restart the broker, and the gateway may be
+    # back (publishing its last gasp first) before the head end has re-subscribed.
+    with HeadEnd(
+        broker.host, broker.port, hil_pki, client_id="headend-rig", session_expiry_s=3600
+    ) as headend:
         agent = AgentProcess(config, work / "agent.log")
         try:
             gw = Gateway(

@@ -99,9 +99,10 @@ class HeadEnd:
         )
         tls = HeadEndTls.of(self.pki)
         client.tls_set_context(_client_context(str(tls.ca_file), tls.cert))
-        # Come back at once after a broker restart (tests restart the broker on purpose): the
-        # broker keeps no session for us, so what is published before we re-subscribe is lost
-        # to us. (paho annotates the delays as int; its wait loop takes fractions.)
+        # Come back at once after a broker restart (tests restart the broker on purpose): without
+        # a persistent session (``session_expiry_s``) on a broker that persists it, what is
+        # published before we re-subscribe is lost to us. (paho annotates the delays as int; its
+        # wait loop takes fractions.)
         client.reconnect_delay_set(min_delay=0.1, max_delay=0.25)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -131,7 +132,11 @@ class HeadEnd:
         client, self._client = self._client, None
         if client is None:
             return
-        client.disconnect()
+        props = None
+        if self.session_expiry_s > 0:  # done for good: the broker need not keep our session
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        client.disconnect(properties=props)
         client.loop_stop()
 
     def __enter__(self) -> HeadEnd:

@@ -116,7 +116,7 @@ def faulty_broker(hil_pki: Pki, tmp_path: Path) -> Iterator[Mosquitto]:
     the head end's queued messages survive its restart."""
     work = tmp_path / "broker"
     work.mkdir()
-    options = BrokerOptions(extra_config=("persistence true", f"persistence_location {work}/"))
+    options = BrokerOptions(persist_sessions=True)
     with Mosquitto(hil_pki, options=options, workdir=work) as broker:
         yield broker
 

@@ -190,7 +190,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     # when it stopped (the uplink outpaces one subscriber) are delivered after the restart.
     work = tmp_path / "persisting-broker"
     work.mkdir()
-    options = BrokerOptions(extra_config=("persistence true", f"persistence_location {work}/"))
+    options = BrokerOptions(persist_sessions=True)
     ids = spool.add(readings(6000), Priority.INTERVAL)
     with Mosquitto(mtls_pki, options=options, workdir=work) as mqtt_broker:
         cfg = make_uplink_config(port=mqtt_broker.port, max_inflight=5, batch_max_records=10)
