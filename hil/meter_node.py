@@ -23,12 +23,12 @@ the power to come back every few seconds); ``set_power`` is exact.
 
 Pushes (``pushes=NodePushes(...)``): on ``set_power(False)`` a joined node first sends a last gasp
 (a DataNotification in WRAPPER, UDP to the gateway's port 4059, one frame to its preferred parent)
-and goes dark once the MAC is done with it: acknowledged, or its retries spent. No retries beyond
-the MAC's, no other parent. The supercap's energy is counted in frames, not seconds: the packet
-already on the air, then the gasp's one frame with its CSMA backoffs and retries. A budget in
-seconds of wall clock made an emulated meter starved of CPU (a loaded CI machine) lose its gasp
-before its radio had spent anything. It serves nothing meanwhile. After power returns and it has
-rejoined (a parent and an address), it sends a power-restored push the ordinary way.
+and goes dark once it is acknowledged, or after ``LAST_GASP_SENDS`` sends of it, each with the
+MAC's retries, were not. No other parent is tried. The supercap's energy is counted in frames, not
+seconds: the packet already on the air, then the gasp's sends with their CSMA backoffs and retries.
+A budget in seconds of wall clock made an emulated meter starved of CPU (a loaded CI machine) lose
+its gasp before its radio had spent anything. It serves nothing meanwhile. After power returns and
+it has rejoined (a parent and an address), it sends a power-restored push the ordinary way.
 
 The DLMS side may be a plain ``bytes -> bytes | None`` callable, a ``MeterServer``, or a
 ``FaultyMeter``, whose replies may carry a delay (added to ``reply_delay_s`` on the scheduler).
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DLMS_PORT",
+    "LAST_GASP_SENDS",
     "MeterNode",
     "NodeConfig",
     "NodePushes",
@@ -67,6 +68,12 @@ __all__ = [
 ]
 
 DLMS_PORT = 4059
+#: A last gasp is sent up to this many times (each with the MAC's retries) until one is acked:
+#: what the supercap is sized for. One send was lost when it collided with the gateway's own
+#: retries to the meter (it was being read as mains failed).
+LAST_GASP_SENDS = 3
+#: A random pause before sending it again, seconds.
+LAST_GASP_PAUSE_S = (0.02, 0.1)
 #: How often a node the medium switched off behind its back looks whether power is back.
 POWER_POLL_S = 5.0
 ALL_NODES = bytes.fromhex("ff020000000000000000000000000001")
@@ -275,21 +282,35 @@ class MeterNode:
         epoch = self._epoch
         self.stats.last_gasps += 1
 
+        sends = 0
+
+        def send() -> None:
+            nonlocal sends
+            if epoch != self._epoch:
+                return  # mains came back first
+            sends += 1
+            # Ahead of whatever was queued (a reply's fragments).
+            self._send_to(packet, parent, done, urgent=True)
+
         def done(result: TxResult) -> None:
             if epoch != self._epoch:
                 return  # mains came back first
+            # What the gateway can not tell: whether an alarm that never came was ever sent.
+            log.info("node %s: last gasp %s (send %d)", self.eui64.hex(), result.value, sends)
             if result is TxResult.DONE:
                 self.stats.last_gasps_acked += 1
-            # What the gateway can not tell: whether an alarm that never came was ever sent.
-            log.info("node %s: last gasp %s", self.eui64.hex(), result.value)
+            elif sends < LAST_GASP_SENDS:
+                # Out of step with whoever it collided with (the gateway's retries to us).
+                pause = self.rng.uniform(*LAST_GASP_PAUSE_S)
+                self.scheduler.call_at(self.scheduler.time() + pause, send)
+                return
             self._dark(epoch)
 
         log.info(
             "node %s: mains lost, last gasp to %s (%d packet(s) were queued)",
             self.eui64.hex(), parent.hex(), self.mac.queued,
         )  # fmt: skip
-        # Ahead of whatever was queued (a reply's fragments): the supercap lasts for this frame.
-        self._send_to(packet, parent, done, urgent=True)
+        send()
         return True
 
     def _dark(self, epoch: int) -> None:

@@ -23,7 +23,7 @@ from hil import vtime
 from hil.medium import Medium
 from hil.meter.directory import EmulatedMeterParts, build_meter, key_file_text, scenario_keys
 from hil.meter.faults import Fault, FaultKind
-from hil.meter_node import MeterNode, NodePushes
+from hil.meter_node import LAST_GASP_SENDS, MeterNode, NodePushes
 from hil.node.sim_root import Received, SimRoot
 
 T = TypeVar("T")
@@ -174,11 +174,21 @@ def test_last_gasp_is_not_rerouted_and_the_supercap_runs_out() -> None:
         near, far = mesh.nodes
         mesh.medium.power(near, False)  # behind its back: the child does not know yet
         before = len(mesh.root.received)
+        sent: list[bytes] = []
+
+        def sniff(t: float, sender: object, psdu: bytes, channel: int) -> None:
+            if sender is far:
+                sent.append(psdu)
+
+        mesh.medium.on_air(sniff)
         far.set_power(False)
-        await asyncio.sleep(2.0)  # the MAC's retries, with backoffs of up to ~150 ms each
+        # LAST_GASP_SENDS sends, each with the MAC's retries and backoffs of up to ~150 ms.
+        await asyncio.sleep(5.0)
         assert not far.dying and not mesh.medium.is_powered(far)
         assert far.stats.last_gasps == 1 and far.stats.last_gasps_acked == 0
         assert far.stats.reroutes == 0
+        # Sent LAST_GASP_SENDS times (a new 802.15.4 sequence number each), MAC retries aside.
+        assert len({frames.decode(p).seq for p in sent}) == LAST_GASP_SENDS
         await asyncio.sleep(5.0)
         assert len(mesh.root.received) == before
 
