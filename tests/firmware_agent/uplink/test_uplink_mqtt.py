@@ -249,8 +249,9 @@ def test_client_cert_from_other_ca_is_rejected(
     assert st.last_error_kind is UplinkErrorKind.CLIENT_CERT_REJECTED
     assert "connection lost before CONNACK" in st.last_error
     assert "rejected our client certificate" in st.last_error
-    # The TLS alert is in paho's own error log line, which reaches the session through its logger.
-    assert "TLSV1_ALERT_UNKNOWN_CA" in st.last_error
+    # paho's own error line (the TLS alert, or an EOF when the broker hangs up first) reaches the
+    # session through paho's logger.
+    assert "(failed to receive on socket: " in st.last_error
     assert st.connections == 0 and st.published_records == 0
     assert spool.depth() == 10 and spool.in_flight() == 0
     assert [r.record_id for r in spool.next_batch(100, 1 << 20)] == ids
