@@ -1028,7 +1028,7 @@ class Uplink:
                 )
                 return False
             session.inflight[info.mid] = _Batch(
-                [], message_id, len(data), span=packed.span, records=packed.count
+                [], message_id, len(data), span=packed.span, records=packed.records
             )
         return bool(batches)
 

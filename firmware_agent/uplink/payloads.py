@@ -50,7 +50,9 @@ class MessageTooLarge(PayloadError):
 
 # -- topics -----------------------------------------------------------------------------------
 def check_topic_level(what: str, value: str) -> None:
-    if not value or any(c in value for c in "/+#\0"):
+    # Four ``in`` tests, not a generator over the characters: every readings message is checked
+    # (0.1 us instead of 0.5, measured).
+    if not value or "/" in value or "+" in value or "#" in value or "\0" in value:
         raise PayloadError(what, f"{value!r} is not usable as one MQTT topic level")
 
 
@@ -183,7 +185,7 @@ def encode_packed(
     """The readings message of pages the spool encoded itself (``Spool.next_packed_many``): the
     same bytes ``encode_readings`` makes of those records, without per-record work here."""
     check_topic_level("gateway_id", gateway_id)
-    if packed.count < 1:
+    if packed.records < 1:
         raise PayloadError("records", "a readings message carries at least one record")
     envelope = (
         f'{{"schema":"{READINGS_SCHEMA}","message_id":{_quote(message_id)},'

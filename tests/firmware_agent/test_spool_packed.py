@@ -52,9 +52,9 @@ def test_packed_batch_is_byte_for_byte_the_per_record_encoding(
     counts = []
     with open_spool(a, clock) as fast, open_spool(tmp_path / "b.sqlite", clock) as slow:
         while packed := fast.next_packed(25, BIG):
-            recs = slow.next_batch(packed.count, BIG)
+            recs = slow.next_batch(packed.records, BIG)
             slow.mark_in_flight(r.record_id for r in recs)
-            counts.append(packed.count)
+            counts.append(packed.records)
             want = ",".join(
                 payloads.record_entry_json(r, payloads.iso_utc(r.created_at)) for r in recs
             )
@@ -110,12 +110,12 @@ def test_release_moves_the_cursor_back_and_resends_the_same_pages(
         alone = spool.next_packed(20, BIG)
         assert alone is not None and alone.span == (1, 5)
         rest = spool.next_packed(20, BIG)
-        assert rest is not None and rest.span == (11, 20) and rest.count == 10
+        assert rest is not None and rest.span == (11, 20) and rest.records == 10
         assert spool.next_packed(20, BIG) is None
         assert spool.in_flight() == 20
         assert spool.release_all() == 20
         everything = spool.next_packed(100, BIG)
-        assert everything is not None and everything.count == 20
+        assert everything is not None and everything.records == 20
         assert spool.ack(spans=[everything.span]) == 20 and spool.depth() == 0
 
 
@@ -134,7 +134,7 @@ def test_declines_events_marks_budget_and_throttling(tmp_path: Path, clock: Manu
         page_size = spool.next_batch(5, BIG)
         budget = sum(r.size for r in page_size)
         one = spool.next_packed(10, budget + budget // 2)  # the budget stops it after a page
-        assert one is not None and one.count == 5
+        assert one is not None and one.records == 5
         assert spool.next_packed(10, budget // 3) is None  # a page larger than a batch ...
         assert spool.next_packed(4, BIG) is None  # ... goes record by record (next_batch)
         assert len(spool.next_batch(4, BIG)) == 4
@@ -145,7 +145,7 @@ def test_declines_events_marks_budget_and_throttling(tmp_path: Path, clock: Manu
         assert spool.ack([single.record_id]) == 1  # cut out of its page, which stays
         assert len(spool.stored()) == 9
         packed = spool.next_packed(10, BIG)
-        assert packed is not None and packed.count == 9
+        assert packed is not None and packed.records == 9
     with open_spool(tmp_path / "storm.sqlite", clock) as spool:
         spool.add([rec(i) for i in range(10)], Priority.INTERVAL)
         spool.add([rec(100 + i) for i in range(spool.storm_min_records)], Priority.ALARM)
@@ -168,7 +168,7 @@ def test_acknowledging_page_records_by_id_survives_a_reopen(
         assert [r.record_id for r in spool.stored()] == [ids[0], *ids[3:]]
         assert spool.depth() == 4 and spool.in_flight() == 0
         packed = spool.next_packed(50, BIG)
-        assert packed is not None and packed.count == 4
+        assert packed is not None and packed.records == 4
         assert spool.ack(spans=[packed.span]) == 4 and spool.depth() == 0
         assert spool.add([rec(99)], Priority.INTERVAL)[0] > ids[-1]  # seqs are never reused
 
@@ -208,6 +208,6 @@ def test_an_old_file_is_migrated_and_its_rows_go_the_per_record_way(
         assert spool.next_packed(10, BIG) is None  # until they are acknowledged
         assert spool.ack([r.record_id for r in old]) == 4
         new = spool.next_packed(10, BIG)
-        assert new is not None and new.count == 4 and new.first_seq == 5  # after the rows
+        assert new is not None and new.records == 4 and new.first_seq == 5  # after the rows
         assert spool.ack(spans=[new.span]) == 4
         assert spool.depth() == 0
