@@ -18,7 +18,7 @@
   the raw rows are prepared outside the timed region. The spool stores interval reads in pages
   (spool.py), so this compares designs at equal durability. ratio = ours / raw (target >= 0.7).
 
-Rounds interleave ours and the baseline, five of each; all publish rounds are printed. Each ratio
+Rounds interleave ours and the baseline, nine of each; all publish rounds are printed. Each ratio
 judged against its target is the ratio of median rounds; for publishing, the ratio of the best
 rounds is printed beside it. The setup's objects (300,000 readings) are frozen out of the garbage
 collector before the rounds: a full collection takes ~0.1 s and used to land in every other bare
@@ -63,7 +63,7 @@ GATEWAY = "gateway-01"
 MAX_MESSAGE_BYTES = payloads.DEFAULT_MAX_MESSAGE_BYTES
 PUBLISH_RECORDS = 300_000  # 6,000 messages: ~0.5-1 s of bare time, fixed costs negligible
 ENQUEUE_RECORDS = 20_000
-ROUNDS = 5
+ROUNDS = 9
 TARGET = 0.7
 
 
