@@ -2,11 +2,14 @@
 
 Why it is built this way:
 
-* The spool, not paho, holds the backlog. paho's outgoing queue lives in memory and is unbounded
-  by default; we hand paho at most twice the in-flight window ``max_inflight`` (only the
-  broker's Receive Maximum if that is lower) and cap its queue too: a window's worth on the wire,
-  and as many queued in paho, which sends the next one inside its own PUBACK handling instead of
-  waiting for a turn of our pump (measured: the window no longer runs dry between turns).
+* The spool, not paho, holds the backlog, and the uplink, not paho, keeps the in-flight window:
+  at most ``max_inflight`` readings messages on the wire, and all QoS 1 messages together
+  (readings, command replies, the status) within the broker's Receive Maximum. paho's own
+  window is off (unlimited: it sends what it is handed at once) because it costs a scan of its
+  outgoing messages on every PUBACK (~8 % of the uplink's thread, measured); its queue is capped
+  as a safety net. The pump refills the window on the loop's next turn after PUBACKs were read,
+  ~14 batches per spool query (refilling inside the reader callback, a few slots per PUBACK
+  burst, cost more CPU than the slots it kept full saved, measured).
 * A record leaves the spool only in the PUBACK handler for the message id (mid) that carried it,
   and only if the reason code is a success. On a disconnect every in-flight record goes back to
   pending and is sent again after reconnecting (the head end drops duplicates by natural key).
@@ -612,12 +615,11 @@ class Uplink:
         )
         client.tls_set_context(ctx)
         client.connect_timeout = self.tuning.connect_timeout_s
-        client.max_inflight_messages_set(self.cfg.max_inflight)
-        # Two windows of batches (module docstring); +2: the birth and the 'offline' status
-        # messages travel outside them, and so do command replies (at most
-        # max_pending_responses of them are ever queued).
+        client.max_inflight_messages_set(0)  # we keep the window (module docstring)
+        # A safety net only: one window of batches, the birth and 'offline' status messages,
+        # and command replies (at most max_pending_responses of them are ever queued).
         client.max_queued_messages_set(
-            2 * self.cfg.max_inflight + 2 + self.tuning.max_pending_responses
+            self.cfg.max_inflight + 2 + self.tuning.max_pending_responses
         )
         client.will_set(
             self.status_topic,
@@ -724,8 +726,8 @@ class Uplink:
         except Exception as exc:  # paho's handling (or a callback in it) died: reconnect
             self._loop_died(session, "loop_read", exc)
             return
-        # PUBACKs just freed window slots and paho queued the next messages: write them now
-        # rather than a loop turn later (the writer callback takes over if the socket is full).
+        # Write what reading queued (e.g. our PUBACK of a command) now, not a turn later (the
+        # writer callback takes over if the socket is full). The pump refills the window.
         self._flush_writes(session)
 
     def _flush_writes(self, session: _Session) -> None:
@@ -937,6 +939,8 @@ class Uplink:
                 self._responses_expired += 1
                 log.warning("uplink: reply to %s expired unsent", r.topic)
                 continue
+            if self._wire_room(session) <= 0:
+                return  # the broker's Receive Maximum: next turn
             info = session.client.publish(r.topic, r.payload, qos=1, properties=r.props)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return  # paho's queue is full or the connection went: next turn
@@ -963,13 +967,17 @@ class Uplink:
         self._acked_spans = []
         self._acked_records = 0
 
+    @staticmethod
+    def _wire_room(session: _Session) -> int:
+        """QoS 1 messages the broker's Receive Maximum still admits; one slot is kept for the
+        status message, which is published outside the window."""
+        used = len(session.inflight) + len(session.response_mids) + 1
+        return session.receive_maximum - used
+
     def _fill_window(self, session: _Session) -> None:
-        # Two windows handed to paho, which keeps one on the wire (module docstring); paho
-        # cannot lower its window once connected, so below a broker's Receive Maximum we hand
-        # out only what the broker accepts.
-        window = session.receive_maximum
-        if window >= self.cfg.max_inflight:
-            window = 2 * self.cfg.max_inflight
+        # max_inflight readings messages on the wire, within the broker's Receive Maximum
+        # (module docstring).
+        window = min(self.cfg.max_inflight, len(session.inflight) + self._wire_room(session))
         n = self.cfg.batch_max_records
         cap = self.tuning.max_message_bytes
         while n > 1 and payloads.envelope_overhead(self.gateway_id, n) > cap // 2:
