@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,25 @@ def test_records_added_while_running_are_sent(
         run_with_uplink(uplink, body)
 
 
+def _watch_window(
+    spool: Spool, seen: list[int], on_the_wire: list[int], records: list[int] | None = None
+) -> Callable[[Uplink], Awaitable[None]]:
+    """Until the spool is empty, note the readings messages (and records) the uplink has in
+    flight and what paho counts as awaiting a PUBACK (the test reaches into the third-party
+    client)."""
+
+    async def body(up: Uplink) -> None:
+        while spool.depth():
+            seen.append(up.stats.inflight)
+            if records is not None:
+                records.append(up.stats.inflight_records)
+            if up._session is not None:
+                on_the_wire.append(up._session.client._inflight_messages)
+            await asyncio.sleep(0)
+
+    return body
+
+
 def test_inflight_window_is_capped(
     mtls_pki: Pki,
     mqtt_broker: Mosquitto,
@@ -162,21 +181,12 @@ def test_inflight_window_is_capped(
     uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
     seen: list[int] = []
     on_the_wire: list[int] = []
-
-    async def body(up: Uplink) -> None:
-        while spool.depth():
-            # The uplink keeps the window (paho's is off, mqtt.py's docstring) ...
-            seen.append(up.stats.inflight)
-            assert up.stats.inflight_records <= 3 * 2
-            # ... and paho sends what it is handed: what it counts as awaiting a PUBACK is the
-            # window and at most the status message (the test reaches into the third-party
-            # client).
-            if up._session is not None:
-                on_the_wire.append(up._session.client._inflight_messages)
-            await asyncio.sleep(0)
-
-    run_with_uplink(uplink, body)
+    records: list[int] = []
+    run_with_uplink(uplink, _watch_window(spool, seen, on_the_wire, records))
+    # The uplink keeps the window (paho's is off, mqtt.py's docstring), and paho sends what it
+    # is handed: the window and at most the status message await a PUBACK.
     assert max(seen) == 3
+    assert max(records) == 3 * 2
     assert 3 <= max(on_the_wire) <= 3 + 1
     assert uplink.stats.published_messages == 150
 
@@ -198,16 +208,8 @@ def test_window_stays_within_the_brokers_receive_maximum(
         uplink = Uplink(cfg, GATEWAY, spool, SystemClock(), tuning=FAST)
         seen: list[int] = []
         on_the_wire: list[int] = []
-
-        async def body(up: Uplink) -> None:
-            while spool.depth():
-                seen.append(up.stats.inflight)
-                if up._session is not None:
-                    on_the_wire.append(up._session.client._inflight_messages)
-                await asyncio.sleep(0)
-
         with HeadEnd(b.host, b.port, mtls_pki, client_id="headend-rm") as he:
-            run_with_uplink(uplink, body)
+            run_with_uplink(uplink, _watch_window(spool, seen, on_the_wire))
             he.wait_for_records(len(ids), 10)
             got = {r["record_id"] for r in he.records()}
     assert got == set(ids)
