@@ -51,7 +51,7 @@ class MessageTooLarge(PayloadError):
 # -- topics -----------------------------------------------------------------------------------
 def check_topic_level(what: str, value: str) -> None:
     # Four ``in`` tests, not a generator over the characters: every readings message is checked
-    # (0.1 us instead of 0.5, measured).
+    # (0.16 us instead of 0.47, measured with timeit).
     if not value or "/" in value or "+" in value or "#" in value or "\0" in value:
         raise PayloadError(what, f"{value!r} is not usable as one MQTT topic level")
 
