@@ -350,7 +350,7 @@ def test_network_cut_mid_batch(
         agent = gateway_agent(write_config(tmp_path / "gw.yaml", via_proxy))
         wait_until("the cut", lambda: proxy.cuts == 1, 30, agent)
         # The messages that crossed before the cut reach the head end a moment later (the
-        # uplink sends two windows at once, faster than the head end stores them).
+        # uplink sends a whole window at once, faster than the head end stores them).
         wait_until("deliveries before the cut", lambda: len(delivered(head_end)) > 0, 10, agent)
         assert len(delivered(head_end)) < 6000  # the cut fell in the middle of the backlog
         time.sleep(2.0)
