@@ -342,7 +342,11 @@ def test_network_cut_mid_batch(
 ) -> None:
     doc, spool_path = setup
     prefill(spool_path, 6000)
-    proxy = CuttableProxy((faulty_broker.host, faulty_broker.port), cut_after=300_000)
+    # Past the first burst (a window of readings messages and the status): a cut inside it can
+    # reset the broker's side before mosquitto has read any of it (an RST discards unread
+    # data), and nothing is delivered before the cut. Seen in 1 run of 6 at 300,000 bytes once
+    # the status stopped taking a slot of the window; 0 of 10 at 600,000.
+    proxy = CuttableProxy((faulty_broker.host, faulty_broker.port), cut_after=600_000)
     try:
         via_proxy = dict(
             doc, uplink=dict(doc["uplink"], broker_url=f"mqtts://127.0.0.1:{proxy.port}")
